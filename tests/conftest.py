@@ -21,18 +21,21 @@ try:
 except ImportError:  # pragma: no cover - jax is an optional extra
     pass
 
+# (library that must be installed, array-API namespace used by the tests)
 _BACKENDS = {
-    "numpy": "numpy",
-    "array_api_strict": "array_api_strict",
-    "torch": "torch",
-    "jax": "jax.numpy",
+    "numpy": ("numpy", "array_api_compat.numpy"),
+    "array_api_strict": ("array_api_strict", "array_api_strict"),
+    "torch": ("torch", "array_api_compat.torch"),
+    "jax": ("jax", "jax.numpy"),
 }
 
 
 @pytest.fixture(params=list(_BACKENDS))
 def xp(request: pytest.FixtureRequest) -> Any:
-    """The array namespace under test (tests skip only if its library is not installed)."""
-    return pytest.importorskip(_BACKENDS[request.param])
+    """The array-API namespace under test (skipped only if its library is not installed)."""
+    library, namespace = _BACKENDS[request.param]
+    pytest.importorskip(library)
+    return importlib.import_module(namespace)
 
 
 def xp_asarray(xp: Any, a: Any, dtype: Any = None) -> Any:
@@ -40,7 +43,7 @@ def xp_asarray(xp: Any, a: Any, dtype: Any = None) -> Any:
     a = np.asarray(a)
     if dtype is not None:
         a = a.astype(dtype)
-    if xp.__name__ == "torch":
+    if "torch" in xp.__name__:
         return xp.from_numpy(np.ascontiguousarray(a))
     return xp.asarray(a)
 

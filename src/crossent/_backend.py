@@ -25,6 +25,7 @@ __all__ = [
     "compute_dtype",
     "index_dtype",
     "quiet",
+    "zero_dim",
 ]
 
 
@@ -131,6 +132,11 @@ def index_dtype(xp: Any, like: Any) -> Any:
     """The library's default indexing dtype (int64, or int32 for JAX without x64)."""
     info = xp.__array_namespace_info__()
     return info.default_dtypes(device=array_api_compat.device(like))["indexing"]
+
+
+def zero_dim(x: Any) -> Any:
+    """A reduction's result as a 0-d array: NumPy reductions return scalars instead."""
+    return np.asarray(x) if isinstance(x, np.generic) else x
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from ._backend import as_array_like, compute_dtype, namespace_of, quiet
+from ._backend import as_array_like, compute_dtype, namespace_of, quiet, zero_dim
 from ._errors import InvalidDTypeError, ShapeMismatchError
 from ._reference import zero_times_inf
 from ._validation import (
@@ -87,7 +87,7 @@ class _Binary:
         total = xp.sum(loss)
         if self.reduction == "mean":
             total = total / float(math.prod(tuple(loss.shape)))
-        return xp.asarray(total)  # a 0-d array, also from NumPy
+        return zero_dim(total)
 
 
 def binary_cross_entropy(

@@ -17,6 +17,7 @@ from ._backend import (
     index_dtype,
     namespace_of,
     quiet,
+    zero_dim,
 )
 from ._errors import InvalidDTypeError, InvalidOptionError, ShapeMismatchError
 from ._reference import (
@@ -185,8 +186,7 @@ class _Problem:
         if self.reduction == "none":
             return loss
         total = self.xp.sum(loss)
-        # asarray: NumPy reductions return scalars; every library returns a 0-d array.
-        return self.xp.asarray(total if self.reduction == "sum" else total / self.denominator())
+        return zero_dim(total if self.reduction == "sum" else total / self.denominator())
 
     def upstream(self, grad_output: Any) -> Any:
         """Per-example weight ``g_i`` of the gradient of the reduced loss."""
