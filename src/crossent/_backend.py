@@ -117,6 +117,8 @@ def _is_half(xp: Any, dtype: Any) -> bool:
 
 def compute_dtype(xp: Any, dtype: Any, argument: str) -> Any:
     """The dtype to compute in for a floating ``dtype``: float16/bfloat16 accumulate in float32."""
+    if getattr(dtype, "name", None) == "bfloat16" and array_api_compat.is_numpy_namespace(xp):
+        return xp.float32  # NumPy's bfloat16 (ml_dtypes) is outside the array API
     if not xp.isdtype(dtype, "real floating"):
         raise InvalidDTypeError(
             f"{argument} has dtype {dtype}; expected a real floating dtype "

@@ -56,8 +56,8 @@ class _Binary:
                 xp.logical_or(target < 0, target > 1),
                 range_error("target", target, 0.0, 1.0, ": binary targets must be in [0, 1]"),
             )
-        self.x = xp.astype(input, cdt)
-        self.t = xp.astype(target, cdt)
+        self.x = xp.astype(input, cdt, copy=False)
+        self.t = xp.astype(target, cdt, copy=False)
         self.weight = self.elementwise("weight", weight)
 
     def elementwise(self, name: str, value: Any) -> Any:
@@ -75,7 +75,7 @@ class _Binary:
             )
         check_broadcastable(name, v.shape, self.input.shape, "the input shape")
         self.guard.check(v < 0, negative_error(name, v, "weights"), example_bad=xp.any)
-        return xp.astype(v, self.x.dtype)
+        return xp.astype(v, self.x.dtype, copy=False)
 
     def reduce(self, loss: Any) -> Any:
         xp = self.xp

@@ -7,10 +7,12 @@ array-agnostic reference (:mod:`crossent._reference`), and reduces exactly as Py
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, TypeVar
 
+from . import _kernels
 from ._backend import (
     as_array_like,
     compute_dtype,
@@ -113,7 +115,7 @@ class _Problem:
 
     xp: Any
     input: Any  # the caller's array, original layout and dtype
-    x: Any  # class axis last, compute dtype
+    dtype: Any  # the compute dtype
     kind: str  # "index" or "soft"
     target: Any  # the caller's target, original layout
     y: Any  # index targets: class indices safe to gather with (0 where invalid/ignored)
@@ -126,13 +128,27 @@ class _Problem:
     reduction: str
     guard: ValueGuard
 
+    @functools.cached_property
+    def x(self) -> Any:
+        """The input with the class axis last, in the compute dtype (made on first use:
+        the compiled kernels read the caller's array directly)."""
+        xp = self.xp
+        return xp.moveaxis(xp.astype(self.input, self.dtype, copy=False), self.axis, -1)
+
     @property
     def n_classes(self) -> int:
-        return int(self.x.shape[-1])
+        return int(self.input.shape[self.axis])
 
     @property
     def example_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[:-1])
+        shape = tuple(self.input.shape)
+        return shape[: self.axis] + shape[self.axis + 1 :]
+
+    def gathered_input(self) -> Any:
+        """``input[..., target]`` per example, in the compute dtype (only N values cast)."""
+        xp = self.xp
+        g = gather_last(xp, xp.moveaxis(self.input, self.axis, -1), self.y)
+        return xp.astype(g, self.dtype, copy=False)
 
     def user_index(self, index: tuple[int, ...]) -> tuple[int, ...]:
         """Position in the caller's input of example ``index``'s target class."""
@@ -180,7 +196,7 @@ class _Problem:
             return float(math.prod(self.example_shape))
         if self.w is not None:
             return xp.sum(self.w_y)
-        return xp.sum(xp.astype(xp.logical_not(self.ignored), self.x.dtype))
+        return xp.sum(xp.astype(xp.logical_not(self.ignored), self.dtype, copy=False))
 
     def reduce(self, loss: Any) -> Any:
         if self.reduction == "none":
@@ -193,7 +209,7 @@ class _Problem:
         xp = self.xp
         shape = self.example_shape
         if grad_output is None:
-            g = xp.ones(shape, dtype=self.x.dtype, device=_device(self.x))
+            g = xp.ones(shape, dtype=self.dtype, device=_device(self.input))
         else:
             go = as_array_like(xp, self.input, grad_output, "grad_output")
             if not xp.isdtype(go.dtype, ("real floating", "integral")):
@@ -213,7 +229,7 @@ class _Problem:
                     value=tuple(go.shape),
                     expected="()",
                 )
-            g = xp.broadcast_to(xp.astype(go, self.x.dtype), shape)
+            g = xp.broadcast_to(xp.astype(go, self.dtype, copy=False), shape)
         if self.reduction == "mean":
             g = g / self.denominator()
         if self.ignored is not None:
@@ -227,7 +243,7 @@ class _Problem:
         if self.ignored is not None:
             d = xp.where(self.ignored[..., None], 0.0, d)
         d = xp.moveaxis(d, -1, self.axis)
-        return xp.astype(d, self.input.dtype)
+        return xp.astype(d, self.input.dtype, copy=False)
 
 
 def _device(x: Any) -> Any:
@@ -289,7 +305,7 @@ def _prepare(
         if ignored is not None:
             bad = xp.logical_and(bad, xp.logical_not(ignored))
         guard.check(bad, class_index_error(target, n_classes, ignore_index))
-        y = xp.astype(xp.where(valid, target, 0), index_dtype(xp, input))
+        y = xp.astype(xp.where(valid, target, 0), index_dtype(xp, input), copy=False)
     else:
         if ignore_index is not None and ignore_index >= 0:
             raise InvalidOptionError(
@@ -306,11 +322,10 @@ def _prepare(
             range_error("target", target, 0.0, 1.0, ": probability targets must be in [0, 1]"),
             example_bad=lambda b: xp.any(b, axis=axis),
         )
-        q = xp.moveaxis(xp.astype(target, cdt), axis, -1)
+        q = xp.moveaxis(xp.astype(target, cdt, copy=False), axis, -1)
 
-    x = xp.moveaxis(xp.astype(input, cdt), axis, -1)
     if w is not None:
-        w = xp.astype(w, cdt)
+        w = xp.astype(w, cdt, copy=False)
         if kind == "index":
             flat = xp.take(w, xp.reshape(y, (-1,)), axis=0)
             w_y = xp.reshape(flat, tuple(y.shape))
@@ -319,7 +334,7 @@ def _prepare(
     return _Problem(
         xp=xp,
         input=input,
-        x=x,
+        dtype=cdt,
         kind=kind,
         target=target,
         y=y,
@@ -432,7 +447,7 @@ def cross_entropy(
             p.check_read_values("probs", p.input, None, 0.0, 1.0, advice)
             x = p.x if e == 0.0 else xp.clip(p.x, e, 1.0 - e)
             return _loss_from_log_probs(p, xp.log(x), None)
-        p_y = gather_last(xp, p.x, p.y)
+        p_y = p.gathered_input()
         p.check_read_values("probs", None, p_y, 0.0, 1.0, advice)
         if e:
             p_y = xp.clip(p_y, e, 1.0 - e)
@@ -509,7 +524,7 @@ def nll_loss(
         if _needs_full_rows(p):
             p.check_read_values("log_probs", p.input, None, -math.inf, 0.0, advice)
             return _loss_from_log_probs(p, p.x, None)
-        lp_y = gather_last(xp, p.x, p.y)
+        lp_y = p.gathered_input()
         p.check_read_values("log_probs", None, lp_y, -math.inf, 0.0, advice)
         return _loss_from_log_probs(p, None, lp_y)
 
@@ -544,6 +559,9 @@ def _softmax(
     xp = p.xp
     eps = p.label_smoothing
     with quiet(xp):
+        fused = _kernels.softmax_ce(p, zl, cap, with_grad, grad_output)
+        if fused is not None:
+            return fused
         z = softcap_logits(xp, p.x, cap)
         s, lse_s, m = shifted_logsumexp(xp, z)
         lse = m + lse_s

@@ -1,0 +1,178 @@
+"""Dispatch to the compiled kernels (``crossent._ckernels``), and their configuration.
+
+The kernels take rows laid out contiguously along the class axis, in float32, float64,
+bfloat16 or float16. :func:`softmax_ce` decides whether a validated problem fits (a NumPy
+array of a supported dtype whose compute dtype the kernel shares; a layout it can read,
+copying only when the class axis is not contiguous) and otherwise returns None, so that
+the caller uses the reference implementation: both give the same results to float rounding.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+try:  # the extension is optional: an install without a compiler has none
+    from . import _ckernels
+except ImportError:  # pragma: no cover - exercised by the no-extension CI job
+    _ckernels = None
+
+__all__ = ["available", "get_num_threads", "set_num_threads", "softmax_ce", "kernel_info"]
+
+_DT_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
+# Below this many elements a second thread costs more to start than it saves.
+_MIN_ELEMENTS_PER_THREAD = 1 << 15
+
+_num_threads: int | None = None
+_last_path = "none"
+
+
+def available() -> bool:
+    """Whether the compiled kernels were built and can be used."""
+    return _ckernels is not None and os.environ.get("CROSSENT_DISABLE_KERNELS", "") in ("", "0")
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the kernels' thread count (``None``: back to the default).
+
+    The default is ``CROSSENT_NUM_THREADS`` if set; else, when PyTorch is imported,
+    ``torch.get_num_threads()`` so that a PyTorch program is not oversubscribed; else
+    the number of CPUs this process may run on.
+    """
+    global _num_threads
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            from ._errors import InvalidOptionError
+
+            raise InvalidOptionError(
+                f"num_threads = {n!r} must be a positive integer (or None for the default)",
+                argument="num_threads",
+                value=n,
+                expected="integer >= 1",
+            )
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    """The number of threads the kernels use (see :func:`set_num_threads`)."""
+    if _num_threads is not None:
+        return _num_threads
+    env = os.environ.get("CROSSENT_NUM_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        return max(1, int(torch.get_num_threads()))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def kernel_info() -> dict[str, Any]:
+    """What :func:`crossent.show_config` reports about the kernels."""
+    return {
+        "built": _ckernels is not None,
+        "enabled": available(),
+        "isa": _ckernels.isa() if _ckernels is not None else None,
+        "float16": bool(_ckernels.HAVE_F16) if _ckernels is not None else False,
+        "num_threads": get_num_threads(),
+        "last_path": _last_path,
+    }
+
+
+def _note(path: str) -> None:
+    global _last_path
+    _last_path = path
+
+
+def _storage_code(a: np.ndarray) -> int | None:
+    code = _DT_CODES.get(a.dtype.name)
+    if code == 3 and not (_ckernels is not None and _ckernels.HAVE_F16):
+        return None
+    return code
+
+
+def _rows(a: np.ndarray, axis: int) -> np.ndarray:
+    """``a`` as (rows, C) with unit stride along C: a view where possible, else a copy."""
+    n_classes = a.shape[axis]
+    r = np.moveaxis(a, axis, -1).reshape(-1, n_classes)
+    if r.strides[1] != r.itemsize or r.strides[0] < 0 or r.strides[0] % r.itemsize:
+        r = np.ascontiguousarray(r)
+    return r
+
+
+def _threads(elements: int) -> int:
+    return max(1, min(get_num_threads(), elements // _MIN_ELEMENTS_PER_THREAD))
+
+
+def softmax_ce(p: Any, z_loss: float, softcap: float | None, with_grad: bool, grad_output: Any):
+    """Run the fused kernel on a validated problem; None if it does not fit.
+
+    Returns ``(reduced loss, lse, dlogits or None)`` exactly like the reference path.
+    """
+    import array_api_compat
+
+    x = p.input
+    if not available() or not array_api_compat.is_numpy_array(x):
+        _note("reference")
+        return None
+    code = _storage_code(x)
+    kernel_dtype = np.float64 if code == 1 else np.float32
+    if code is None or np.dtype(p.dtype) != kernel_dtype or x.size == 0:
+        _note("reference")
+        return None
+    xp = p.xp
+    rows = _rows(x, p.axis)
+    n_rows, n_classes = rows.shape
+    y = q = w = None
+    if p.kind == "index":
+        y = np.ascontiguousarray(np.where(p.ignored, -1, p.y) if p.ignored is not None else p.y,
+                                 dtype=np.int64).reshape(-1)
+    else:
+        q = _rows(np.asarray(p.target, dtype=kernel_dtype), p.axis)
+        if q.strides[0] != q.shape[1] * q.itemsize:
+            q = np.ascontiguousarray(q)
+    w_sum = float(n_classes)
+    if p.w is not None:
+        w = np.ascontiguousarray(p.w, dtype=kernel_dtype)
+        w_sum = float(np.sum(w, dtype=np.float64))
+    loss = np.empty(n_rows, dtype=kernel_dtype)
+    lse = np.empty(n_rows, dtype=kernel_dtype)
+    g = grad = None
+    if with_grad:
+        g = np.ascontiguousarray(p.upstream(grad_output), dtype=kernel_dtype).reshape(-1)
+        grad = np.empty((n_rows, n_classes), dtype=x.dtype)
+    _ckernels.softmax_ce(
+        code,
+        rows.ctypes.data,
+        n_rows,
+        n_classes,
+        rows.strides[0] // rows.itemsize,
+        0 if y is None else y.ctypes.data,
+        0 if q is None else q.ctypes.data,
+        0 if w is None else w.ctypes.data,
+        p.label_smoothing,
+        z_loss,
+        0.0 if softcap is None else softcap,
+        w_sum,
+        loss.ctypes.data,
+        lse.ctypes.data,
+        0 if g is None else g.ctypes.data,
+        0 if grad is None else grad.ctypes.data,
+        n_classes,
+        _threads(n_rows * n_classes),
+    )
+    _note(f"kernel ({x.dtype.name})")
+    shape = p.example_shape
+    result = p.reduce(xp.reshape(loss, shape))
+    dlogits = None
+    if grad is not None:
+        dlogits = np.moveaxis(grad.reshape(shape + (n_classes,)), -1, p.axis)
+    return result, xp.reshape(lse, shape), dlogits

@@ -1,0 +1,252 @@
+"""The compiled kernels against the reference implementation, and their elementary functions.
+
+The kernel path and the array-API reference must agree to float rounding for every option,
+for shapes that do not fit the SIMD width or the thread split, for strided and
+non-contiguous layouts (which must be copied or refused, never misread), for special
+values, and for any thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+
+import crossent
+from crossent import _kernels
+
+pytestmark = pytest.mark.skipif(not _kernels.available(), reason="C kernels not built")
+
+
+@contextlib.contextmanager
+def reference_only(monkeypatch):
+    with monkeypatch.context() as m:
+        m.setenv("CROSSENT_DISABLE_KERNELS", "1")
+        yield
+
+
+def both(monkeypatch, func, *args, **kwargs):
+    """(reference result, kernel result); asserts that the kernel really ran."""
+    with reference_only(monkeypatch):
+        ref = func(*args, **kwargs)
+        assert _kernels.kernel_info()["last_path"] == "reference"
+    got = func(*args, **kwargs)
+    assert _kernels.kernel_info()["last_path"].startswith("kernel"), _kernels.kernel_info()
+    return ref, got
+
+
+def assert_close(got, ref, dtype):
+    tol = 2e-6 if np.dtype(dtype) != np.float64 else 1e-13
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+
+
+OPTIONS = [
+    dict(),
+    dict(reduction="mean"),
+    dict(label_smoothing=0.2, reduction="sum"),
+    dict(weight="w", reduction="mean"),
+    dict(weight="w", label_smoothing=0.1, ignore_index=-100, reduction="mean"),
+    dict(z_loss=1e-2, softcap=3.0),
+    dict(weight="w", z_loss=0.1, label_smoothing=1.0, reduction="mean"),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n, c", [(1, 1), (7, 3), (7, 17), (5, 1023), (33, 16)])
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+@pytest.mark.parametrize("kind", ["index", "soft"])
+def test_kernel_equals_reference(monkeypatch, dtype, n, c, opts, kind):
+    rng = np.random.default_rng(n * 1000 + c)
+    x = (rng.normal(size=(n, c)) * 4).astype(dtype)
+    opts = dict(opts)
+    if opts.get("weight") == "w":
+        opts["weight"] = rng.random(c) + 0.1
+    if kind == "index":
+        t = rng.integers(0, c, n)
+        if "ignore_index" in opts and n > 1:
+            t[1] = -100
+    else:
+        opts.pop("ignore_index", None)  # class-index targets only
+        t = rng.dirichlet(np.ones(c), n).astype(dtype)
+    (ref, rgrad), (got, grad) = both(
+        monkeypatch, crossent.softmax_cross_entropy_value_and_grad, x, t, **opts
+    )
+    assert_close(got, ref, dtype)
+    assert grad.dtype == x.dtype and grad.shape == x.shape
+    assert_close(grad, rgrad, dtype)
+    (ref_l, ref_lse), (got_l, got_lse) = both(
+        monkeypatch, crossent.softmax_cross_entropy, x, t, return_lse=True, **opts
+    )
+    assert_close(got_l, ref_l, dtype)
+    assert_close(got_lse, ref_lse, dtype)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_strided_and_non_contiguous_layouts(monkeypatch, axis):
+    rng = np.random.default_rng(1)
+    big = rng.normal(size=(6, 20, 9)).astype(np.float32)
+    x = big[:, ::2, 1:8]  # strided in every axis
+    assert not x.flags.c_contiguous
+    shape = list(x.shape)
+    del shape[axis]
+    t = rng.integers(0, x.shape[axis], size=shape)
+    (ref, rg), (got, g) = both(
+        monkeypatch, crossent.softmax_cross_entropy_value_and_grad, x, t, axis=axis, label_smoothing=0.1
+    )
+    assert_close(got, ref, np.float32)
+    assert_close(g, rg, np.float32)
+    assert g.shape == x.shape
+    rows = np.ascontiguousarray(np.moveaxis(x, axis, -1))
+    assert_close(crossent.softmax_cross_entropy(rows, t, label_smoothing=0.1), ref, np.float32)
+
+
+def test_padded_rows_are_read_with_their_stride(monkeypatch):
+    rng = np.random.default_rng(2)
+    padded = rng.normal(size=(9, 40)).astype(np.float32)
+    padded[:, 31:] = np.nan  # must never be read
+    x = padded[:, :31]
+    t = rng.integers(0, 31, 9)
+    ref, got = both(monkeypatch, crossent.softmax_cross_entropy, x, t)
+    assert np.isfinite(got).all()
+    assert_close(got, ref, np.float32)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_special_values(monkeypatch, dtype):
+    inf, nan = np.inf, np.nan
+    x = np.array(
+        [
+            [0.0, -inf, 1.0, 2.0],  # masked class
+            [-inf, -inf, -inf, -inf],  # all masked: undefined
+            [1e30, -1e30, 0.0, 5.0],  # huge logits: exact finite loss
+            [nan, 0.0, 1.0, 2.0],  # NaN propagates
+            [inf, 0.0, 1.0, 2.0],  # +inf logit
+            [3.0, 3.0, 3.0, 3.0],  # ties at the maximum
+        ],
+        dtype=dtype,
+    )
+    t = np.array([0, 0, 1, 1, 1, 2])
+    for opts in [dict(), dict(label_smoothing=0.1), dict(z_loss=1e-3)]:
+        (ref, rg), (got, g) = both(monkeypatch, crossent.softmax_cross_entropy_value_and_grad, x, t, **opts)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(rg))
+        fin = np.isfinite(ref)
+        assert_close(got[fin], ref[fin], dtype)
+        np.testing.assert_array_equal(got[~fin], ref[~fin])
+    got = crossent.softmax_cross_entropy(x, t)
+    assert np.isfinite(got[0])
+    assert got[2] == pytest.approx(2e30, rel=1e-6)
+
+
+def test_thread_counts_give_identical_results():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 257)).astype(np.float32)
+    t = rng.integers(0, 257, 300)
+    outs = []
+    try:
+        for n in (1, 2, 3):
+            _kernels.set_num_threads(n)
+            old = _kernels._MIN_ELEMENTS_PER_THREAD
+            _kernels._MIN_ELEMENTS_PER_THREAD = 1  # force the split at this small size
+            try:
+                outs.append(crossent.softmax_cross_entropy_value_and_grad(x, t, label_smoothing=0.1))
+            finally:
+                _kernels._MIN_ELEMENTS_PER_THREAD = old
+    finally:
+        _kernels.set_num_threads(None)
+    for loss, grad in outs[1:]:
+        np.testing.assert_array_equal(loss, outs[0][0])
+        np.testing.assert_array_equal(grad, outs[0][1])
+
+
+def test_set_num_threads_validates():
+    with pytest.raises(crossent.CrossEntropyError, match="num_threads"):
+        _kernels.set_num_threads(0)
+
+
+@pytest.mark.parametrize("storage", ["float16", "bfloat16"])
+def test_half_precision_storage(monkeypatch, storage):
+    if storage == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        dtype = ml_dtypes.bfloat16
+    else:
+        dtype = np.float16
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(11, 37)) * 3).astype(dtype)
+    t = rng.integers(0, 37, 11)
+    (ref, rg), (got, g) = both(monkeypatch, crossent.softmax_cross_entropy_value_and_grad, x, t, softcap=5.0)
+    assert got.dtype == np.float32 and g.dtype == x.dtype
+    assert_close(got, ref, np.float32)
+    # the gradient is rounded once to the storage dtype: within one half-precision ulp
+    np.testing.assert_allclose(g.astype(np.float64), rg.astype(np.float64), rtol=1e-2, atol=1e-3)
+
+
+# ------------------------------------------------------------------ elementary functions
+
+def _ulps32(got: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """Error in float32 ulps of the exact (float64) value."""
+    exact32 = exact.astype(np.float32)
+    spacing = np.spacing(np.abs(exact32)).astype(np.float64)
+    spacing = np.maximum(spacing, np.float64(np.finfo(np.float32).smallest_subnormal))
+    return np.abs(got.astype(np.float64) - exact) / spacing
+
+
+def _all_float32_between(lo: float, hi: float, stride: int) -> np.ndarray:
+    """Every `stride`-th float32 in [lo, hi] (stride 1 = all of them), both signs handled."""
+    bits = []
+    for a, b in [(lo, min(hi, -0.0)), (max(lo, 0.0), hi)]:
+        if a > b:
+            continue
+        ia, ib = np.float32(a).view(np.int32), np.float32(b).view(np.int32)
+        lo_b, hi_b = sorted((int(ia), int(ib)))
+        bits.append(np.arange(lo_b, hi_b + 1, stride, dtype=np.int64).astype(np.int32))
+    return np.concatenate(bits).view(np.float32)
+
+
+def _elementwise(name: str, x: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x)
+    code = 0 if x.dtype == np.float32 else 1
+    _kernels._ckernels.elementwise(name, code, x.ctypes.data, out.ctypes.data, x.size)
+    return out
+
+
+def test_exp_f32_within_2_ulp_of_libm_over_the_softmax_range():
+    # exp is evaluated at z - max(z) <= 0 (and above 0 only for +inf rows): sample every
+    # 61st float32 in [-104, 89]; benchmarks/exp_accuracy.py runs all of them.
+    x = _all_float32_between(-104.0, 88.72, 61)
+    got = _elementwise("exp", x)
+    exact = np.exp(x.astype(np.float64))
+    ulps = _ulps32(got, exact)
+    assert ulps.max() <= 2.0, (x[np.argmax(ulps)], ulps.max())
+
+
+def test_exp_special_values():
+    x = np.array([-np.inf, np.inf, np.nan, 0.0, -0.0, -104.5, 89.0, -87.5, -103.9], dtype=np.float32)
+    got = _elementwise("exp", x)
+    assert got[0] == 0.0 and got[1] == np.inf and np.isnan(got[2])
+    assert got[3] == 1.0 and got[4] == 1.0 and got[5] == 0.0 and got[6] == np.inf
+    assert got[7] > 0 and got[8] > 0  # subnormal results are kept
+    x64 = np.array([-np.inf, np.inf, np.nan, -745.2, 709.8, -700.0], dtype=np.float64)
+    g64 = _elementwise("exp", x64)
+    assert g64[0] == 0 and g64[1] == np.inf and np.isnan(g64[2]) and g64[3] == 0 and g64[4] == np.inf
+    assert g64[5] == pytest.approx(np.exp(-700.0), rel=1e-15)
+
+
+def test_exp_f64_accuracy():
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.uniform(-745, 709, 200_000), rng.uniform(-1, 1, 100_000)])
+    got = _elementwise("exp", x)
+    exact = np.exp(x)
+    rel = np.abs(got - exact) / np.maximum(np.abs(exact), np.finfo(np.float64).tiny)
+    normal = exact > np.finfo(np.float64).tiny
+    assert rel[normal].max() <= 4 * np.finfo(np.float64).eps
+
+
+@pytest.mark.parametrize("name, ref", [("expm1", np.expm1), ("tanh", np.tanh)])
+def test_expm1_and_tanh_f32(name, ref):
+    x = _all_float32_between(-30.0, 30.0, 997)
+    got = _elementwise(name, x)
+    ulps = _ulps32(got, ref(x.astype(np.float64)))
+    assert ulps.max() <= 4.0, (name, x[np.argmax(ulps)], ulps.max())
