@@ -23,6 +23,7 @@ setup(
         Extension(
             "crossent._ckernels",
             sources=["src/crossent/_ckernels.c"],
+            depends=["src/crossent/_ckernels_rows.h"],
             extra_compile_args=flags,
             optional=True,
         )

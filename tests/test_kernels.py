@@ -250,3 +250,35 @@ def test_expm1_and_tanh_f32(name, ref):
     got = _elementwise(name, x)
     ulps = _ulps32(got, ref(x.astype(np.float64)))
     assert ulps.max() <= 4.0, (name, x[np.argmax(ulps)], ulps.max())
+
+
+@pytest.mark.parametrize("name, ref, lo, hi", [
+    ("log", np.log, 1e-45, 3e38),
+    ("log1p", np.log1p, -0.999, 3e38),
+])
+def test_log_and_log1p_f32_within_2_ulp(name, ref, lo, hi):
+    x = _all_float32_between(lo, hi, 4099)
+    got = _elementwise(name, x)
+    ulps = _ulps32(got, ref(x.astype(np.float64)))
+    assert ulps.max() <= 2.0, (name, x[np.argmax(ulps)], ulps.max())
+
+
+def test_log_special_values():
+    for dtype in (np.float32, np.float64):
+        x = np.array([0.0, -0.0, -1.0, np.inf, np.nan, 1.0], dtype=dtype)
+        got = _elementwise("log", x)
+        assert got[0] == -np.inf and got[1] == -np.inf and np.isnan(got[2])
+        assert got[3] == np.inf and np.isnan(got[4]) and got[5] == 0.0
+        g1 = _elementwise("log1p", np.array([-1.0, np.inf, np.nan, 1e-30, -2.0], dtype=dtype))
+        assert g1[0] == -np.inf and g1[1] == np.inf and np.isnan(g1[2]) and g1[3] == dtype(1e-30)
+        assert np.isnan(g1[4])
+
+
+def test_log_f64_accuracy():
+    rng = np.random.default_rng(6)
+    x = np.concatenate([10.0 ** rng.uniform(-307, 307, 200_000), rng.uniform(0.5, 2, 100_000)])
+    for name, ref in [("log", np.log), ("log1p", np.log1p)]:
+        got = _elementwise(name, x)
+        exact = ref(x)
+        rel = np.abs(got - exact) / np.abs(exact)
+        assert rel[exact != 0].max() <= 4 * np.finfo(np.float64).eps, name

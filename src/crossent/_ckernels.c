@@ -157,6 +157,110 @@ INLINE double tanh_f64(double u) {
     return u < 0.0 ? -t : t;
 }
 
+/* ------------------------------------------------------------ log and log1p
+ * u = 2^k f with f in [sqrt(1/2), sqrt(2)); log f = 2 atanh(g), g = (f - 1) / (f + 1),
+ * |g| <= 0.1716, by its odd series (truncation below 0.01 ulp); k ln2 is added with ln2
+ * split in two so that the sum is exact to the last bit. log1p(x) = log(1 + x) plus the
+ * first-order correction for the rounding of 1 + x. Special values by select: log(0) =
+ * -inf, log(x < 0) = NaN, log(inf) = inf, NaN stays NaN. */
+INLINE float log_f32(float u) {
+    const float tiny = 1.17549435e-38f; /* FLT_MIN: below it, rescale the subnormal */
+    float us = u < tiny ? u * 8388608.0f : u;
+    int32_t kadj = u < tiny ? -23 : 0;
+    uint32_t bits = f2u(us);
+    int32_t k = (int32_t)((bits >> 23) & 0xff) - 127 + kadj;
+    float f = u2f((bits & 0x007fffffu) | 0x3f800000u); /* [1, 2) */
+    int big = f > 1.41421356f;
+    f = big ? f * 0.5f : f;
+    k = big ? k + 1 : k;
+    float g = (f - 1.0f) / (f + 1.0f);
+    float s = g * g;
+    float p = 0.11111111f;
+    p = p * s + 0.14285715f;
+    p = p * s + 0.2f;
+    p = p * s + 0.33333334f;
+    float logf_ = 2.0f * g + 2.0f * g * s * p;
+    float kf = (float)k;
+    float res = kf * 0.693145751953125f + (kf * 1.428606765330187e-06f + logf_);
+    res = u == 0.0f ? -INFINITY : res;
+    res = u < 0.0f ? NAN : res;
+    res = u == INFINITY ? INFINITY : res;
+    res = u != u ? u : res;
+    return res;
+}
+
+INLINE float log1p_f32(float x) {
+    /* near 0 (1 + x within [sqrt(1/2), sqrt(2))): the series in g = x / (2 + x) directly,
+       which needs no correction; elsewhere log(1 + x) corrected for the rounding of 1 + x */
+    float g = x / (2.0f + x);
+    float s = g * g;
+    float p = 0.11111111f;
+    p = p * s + 0.14285715f;
+    p = p * s + 0.2f;
+    p = p * s + 0.33333334f;
+    float near = 2.0f * g + 2.0f * g * s * p;
+    float u = 1.0f + x;
+    float far = log_f32(u) + (x - (u - 1.0f)) / u;
+    float res = (x > -0.29289322f && x < 0.41421356f) ? near : far;
+    res = u == 0.0f ? -INFINITY : res;
+    res = x == INFINITY ? INFINITY : res;
+    return res;
+}
+
+INLINE double log_f64(double u) {
+    const double tiny = 2.2250738585072014e-308;
+    double us = u < tiny ? u * 4503599627370496.0 : u; /* 2^52 */
+    int64_t kadj = u < tiny ? -52 : 0;
+    uint64_t bits = d2u(us);
+    int64_t k = (int64_t)((bits >> 52) & 0x7ff) - 1023 + kadj;
+    double f = u2d((bits & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
+    int big = f > 1.4142135623730951;
+    f = big ? f * 0.5 : f;
+    k = big ? k + 1 : k;
+    double g = (f - 1.0) / (f + 1.0);
+    double s = g * g;
+    double p = 1.0 / 21.0;
+    p = p * s + 1.0 / 19.0;
+    p = p * s + 1.0 / 17.0;
+    p = p * s + 1.0 / 15.0;
+    p = p * s + 1.0 / 13.0;
+    p = p * s + 1.0 / 11.0;
+    p = p * s + 1.0 / 9.0;
+    p = p * s + 1.0 / 7.0;
+    p = p * s + 1.0 / 5.0;
+    p = p * s + 1.0 / 3.0;
+    double logf_ = 2.0 * g + 2.0 * g * s * p;
+    double kf = (double)k;
+    double res = kf * 6.93147180369123816490e-01 + (kf * 1.90821492927058770002e-10 + logf_);
+    res = u == 0.0 ? -INFINITY : res;
+    res = u < 0.0 ? NAN : res;
+    res = u == INFINITY ? INFINITY : res;
+    res = u != u ? u : res;
+    return res;
+}
+
+INLINE double log1p_f64(double x) {
+    double g = x / (2.0 + x);
+    double s = g * g;
+    double p = 1.0 / 21.0;
+    p = p * s + 1.0 / 19.0;
+    p = p * s + 1.0 / 17.0;
+    p = p * s + 1.0 / 15.0;
+    p = p * s + 1.0 / 13.0;
+    p = p * s + 1.0 / 11.0;
+    p = p * s + 1.0 / 9.0;
+    p = p * s + 1.0 / 7.0;
+    p = p * s + 1.0 / 5.0;
+    p = p * s + 1.0 / 3.0;
+    double near = 2.0 * g + 2.0 * g * s * p;
+    double u = 1.0 + x;
+    double far = log_f64(u) + (x - (u - 1.0)) / u;
+    double res = (x > -0.2928932188134524 && x < 0.41421356237309515) ? near : far;
+    res = u == 0.0 ? -INFINITY : res;
+    res = x == INFINITY ? INFINITY : res;
+    return res;
+}
+
 /* --------------------------------------------------- 16-bit loads and stores */
 INLINE float bf16_to_f32(uint16_t h) { return u2f((uint32_t)h << 16); }
 
@@ -208,153 +312,8 @@ typedef struct {
  * (lse = m + log1p(rest + (top - 1)), as crossent._reference does); pass 3 writes the
  * gradient from the exponentials pass 2 left in `ebuf`.
  */
-#define SIMD_REDUCE(clause) _Pragma(clause)
-#define DEFINE_ROWS(NAME, T, EXP, EXPM1, TANH, LOG1P, LOAD, STORE)                         \
-    MULTIVERSION static void NAME(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,           \
-                                  T *restrict zbuf, T *restrict ebuf) {                      \
-        const Py_ssize_t C = pb->n_cols;                                                     \
-        const T eps = (T)pb->label_smoothing, zl = (T)pb->z_loss, cap = (T)pb->softcap;      \
-        const T *restrict w = (const T *)pb->w;                                              \
-        const int soft = pb->q != NULL, want_grad = pb->g != NULL;                           \
-        const int use_zbuf = cap > 0 || pb->dtype >= DT_BF16;                                \
-        const T qeps = eps / (T)C, qkeep = 1 - eps, w_sum = (T)pb->w_sum;                    \
-        const size_t esz = elsize(pb->dtype);                                                \
-        for (Py_ssize_t r = r0; r < r1; r++) {                                               \
-            const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;                     \
-            const T *restrict z;                                                             \
-            /* pass 1: (load, softcap), max */                                               \
-            if (use_zbuf) {                                                                  \
-                if (cap > 0) {                                                               \
-                    SIMD_REDUCE("omp simd")                                                  \
-                    for (Py_ssize_t c = 0; c < C; c++) zbuf[c] = cap * TANH(LOAD(xrow, c) / cap); \
-                } else {                                                                     \
-                    SIMD_REDUCE("omp simd")                                                  \
-                    for (Py_ssize_t c = 0; c < C; c++) zbuf[c] = LOAD(xrow, c);              \
-                }                                                                            \
-                z = zbuf;                                                                    \
-            } else {                                                                         \
-                z = (const T *)xrow;                                                         \
-            }                                                                                \
-            T m = -INFINITY;                                                                 \
-            int any_nan = 0;                                                                 \
-            SIMD_REDUCE("omp simd reduction(max:m) reduction(|:any_nan)")                    \
-            for (Py_ssize_t c = 0; c < C; c++) {                                             \
-                T v = z[c];                                                                  \
-                m = v > m ? v : m;                                                           \
-                any_nan |= (v != v);                                                         \
-            }                                                                                \
-            /* the inf-safe shift: an infinite (or, with NaN, any) maximum shifts by 0 */    \
-            if (!isfinite(m) || any_nan) m = 0;                                              \
-            /* pass 2: sum of exp(z - m) without the maximal terms */                        \
-            T rest = 0, top = 0;                                                             \
-            if (want_grad) {                                                                 \
-                SIMD_REDUCE("omp simd reduction(+:rest,top)")                                \
-                for (Py_ssize_t c = 0; c < C; c++) {                                         \
-                    T s = z[c] - m;                                                          \
-                    T e = EXP(s);                                                            \
-                    ebuf[c] = e;                                                             \
-                    rest += s == 0 ? 0 : e;                                                  \
-                    top += s == 0 ? 1 : 0;                                                   \
-                }                                                                            \
-            } else {                                                                         \
-                SIMD_REDUCE("omp simd reduction(+:rest,top)")                                \
-                for (Py_ssize_t c = 0; c < C; c++) {                                         \
-                    T s = z[c] - m;                                                          \
-                    T e = EXP(s);                                                            \
-                    rest += s == 0 ? 0 : e;                                                  \
-                    top += s == 0 ? 1 : 0;                                                   \
-                }                                                                            \
-            }                                                                                \
-            const T *restrict qrow = soft ? (const T *)pb->q + (size_t)r * C : NULL;         \
-            const int64_t yi = soft ? 0 : pb->y[r];                                          \
-            const int ignored = !soft && yi < 0;                                             \
-            /* sum_c a_c (m - z_c) and sum_c a_c with a = w q' (soft) or w (smoothing);     \
-               0 * inf = 0 where a_c = 0 and z_c = -inf */                                   \
-            T sw = 0, swz = 0;                                                               \
-            if (soft) {                                                                      \
-                SIMD_REDUCE("omp simd reduction(+:sw,swz)")                                  \
-                for (Py_ssize_t c = 0; c < C; c++) {                                         \
-                    T a = qkeep * qrow[c] + qeps;                                            \
-                    if (w) a = a * w[c];                                                     \
-                    T d = m - z[c];                                                          \
-                    swz += (a == 0 && d == INFINITY) ? 0 : a * d;                            \
-                    sw += a;                                                                 \
-                }                                                                            \
-            } else if (eps > 0 && !ignored) {                                                \
-                SIMD_REDUCE("omp simd reduction(+:swz)")                                     \
-                for (Py_ssize_t c = 0; c < C; c++) {                                         \
-                    T a = w ? w[c] : 1;                                                      \
-                    T d = m - z[c];                                                          \
-                    swz += (a == 0 && d == INFINITY) ? 0 : a * d;                            \
-                }                                                                            \
-            }                                                                                \
-            const T lse_s = LOG1P(rest + (top - 1));                                         \
-            const T lse = m + lse_s;                                                         \
-            ((T *)pb->lse)[r] = lse;                                                         \
-            T loss = 0, w_y = 1, s_y = 0, coef = 0;                                          \
-            if (soft) {                                                                      \
-                loss = lse_s * sw + swz;                                                     \
-                if (zl > 0) loss += zl * (lse * lse);                                        \
-                coef = zl > 0 ? sw + 2 * zl * lse : sw;                                      \
-            } else if (!ignored) {                                                           \
-                s_y = z[yi] - m;                                                             \
-                w_y = w ? w[yi] : 1;                                                         \
-                if (eps < 1) {                                                               \
-                    T nll = lse_s - s_y;                                                     \
-                    T term = (w_y == 0 && nll == INFINITY) ? 0 : w_y * nll;                  \
-                    loss = eps > 0 ? qkeep * term : term;                                    \
-                }                                                                            \
-                if (eps > 0) loss += qeps * (w_sum * lse_s + swz);                           \
-                if (zl > 0) {                                                                \
-                    T l2 = lse * lse;                                                        \
-                    loss += zl * ((w_y == 0 && l2 == INFINITY) ? 0 : w_y * l2);              \
-                }                                                                            \
-                coef = qkeep * w_y + qeps * w_sum;                                           \
-                if (zl > 0) coef += 2 * zl * w_y * lse;                                      \
-            }                                                                                \
-            ((T *)pb->loss)[r] = loss;                                                       \
-            if (!want_grad) continue;                                                        \
-            /* pass 3: the gradient, from the exponentials in ebuf */                       \
-            char *grow = pb->grad + (size_t)r * pb->grad_stride * esz;                       \
-            if (ignored) {                                                                   \
-                memset(grow, 0, (size_t)C * esz);                                            \
-                continue;                                                                    \
-            }                                                                                \
-            const T gr = ((const T *)pb->g)[r];                                              \
-            const T pc = EXP(-lse_s) * coef * gr;                                            \
-            if (soft) {                                                                      \
-                SIMD_REDUCE("omp simd")                                                      \
-                for (Py_ssize_t c = 0; c < C; c++) {                                         \
-                    T a = qkeep * qrow[c] + qeps;                                            \
-                    if (w) a = a * w[c];                                                     \
-                    ebuf[c] = ebuf[c] * pc - a * gr;                                         \
-                }                                                                            \
-            } else if (eps > 0) {                                                            \
-                const T sub = qeps * gr;                                                     \
-                SIMD_REDUCE("omp simd")                                                      \
-                for (Py_ssize_t c = 0; c < C; c++)                                           \
-                    ebuf[c] = ebuf[c] * pc - (w ? w[c] * sub : sub);                         \
-            } else {                                                                         \
-                SIMD_REDUCE("omp simd")                                                      \
-                for (Py_ssize_t c = 0; c < C; c++) ebuf[c] = ebuf[c] * pc;                   \
-            }                                                                                \
-            if (!soft) {                                                                     \
-                /* p_y - 1 = expm1(s_y - lse_s): exact for a confident row */                \
-                T p_y = EXP(s_y - lse_s);                                                    \
-                ebuf[yi] = gr * (qkeep * w_y * EXPM1(s_y - lse_s) + p_y * (coef - qkeep * w_y) - \
-                                 qeps * w_y);                                                \
-            }                                                                                \
-            if (cap > 0) {                                                                   \
-                SIMD_REDUCE("omp simd")                                                      \
-                for (Py_ssize_t c = 0; c < C; c++) {                                         \
-                    T t = z[c] / cap;                                                        \
-                    ebuf[c] *= (1 - t * t);                                                  \
-                }                                                                            \
-            }                                                                                \
-            SIMD_REDUCE("omp simd")                                                          \
-            for (Py_ssize_t c = 0; c < C; c++) STORE(grow, c, ebuf[c]);                      \
-        }                                                                                    \
-    }
+#define TILE 16   /* rows per tile in the small-C kernels: one vector lane per row */
+#define SMALL_C 32 /* up to this many classes a row is processed as a lane of a tile */
 
 #define LOAD_F32(row, c) (((const float *)(row))[c])
 #define STORE_F32(row, c, v) (((float *)(row))[c] = (v))
@@ -362,37 +321,73 @@ typedef struct {
 #define STORE_F64(row, c, v) (((double *)(row))[c] = (v))
 #define LOAD_BF16(row, c) bf16_to_f32(((const uint16_t *)(row))[c])
 #define STORE_BF16(row, c, v) (((uint16_t *)(row))[c] = f32_to_bf16(v))
-
-DEFINE_ROWS(rows_f32, float, exp_f32, expm1_f32, tanh_f32, log1pf, LOAD_F32, STORE_F32)
-DEFINE_ROWS(rows_f64, double, exp_f64, expm1_f64, tanh_f64, log1p, LOAD_F64, STORE_F64)
-DEFINE_ROWS(rows_bf16, float, exp_f32, expm1_f32, tanh_f32, log1pf, LOAD_BF16, STORE_BF16)
-#if HAVE_F16
 #define LOAD_F16(row, c) f16_to_f32(((const uint16_t *)(row))[c])
 #define STORE_F16(row, c, v) (((uint16_t *)(row))[c] = f32_to_f16(v))
-DEFINE_ROWS(rows_f16, float, exp_f32, expm1_f32, tanh_f32, log1pf, LOAD_F16, STORE_F16)
+
+#define T float
+#define EXP exp_f32
+#define EXPM1 expm1_f32
+#define TANH tanh_f32
+#define LOG1P log1p_f32
+#define SUFFIX f32
+#define LOAD LOAD_F32
+#define STORE STORE_F32
+#include "_ckernels_rows.h"
+#undef SUFFIX
+#undef LOAD
+#undef STORE
+#define SUFFIX bf16
+#define LOAD LOAD_BF16
+#define STORE STORE_BF16
+#include "_ckernels_rows.h"
+#undef SUFFIX
+#undef LOAD
+#undef STORE
+#if HAVE_F16
+#define SUFFIX f16
+#define LOAD LOAD_F16
+#define STORE STORE_F16
+#include "_ckernels_rows.h"
+#undef SUFFIX
+#undef LOAD
+#undef STORE
 #endif
+#undef T
+#undef EXP
+#undef EXPM1
+#undef TANH
+#undef LOG1P
+
+#define T double
+#define EXP exp_f64
+#define EXPM1 expm1_f64
+#define TANH tanh_f64
+#define LOG1P log1p_f64
+#define SUFFIX f64
+#define LOAD LOAD_F64
+#define STORE STORE_F64
+#include "_ckernels_rows.h"
+
+typedef void (*row_kernel)(const Problem *, Py_ssize_t, Py_ssize_t, void *, void *);
 
 static void *run_task(void *arg) {
     Task *t = (Task *)arg;
     const Problem *pb = t->pb;
+    const int small = pb->n_cols <= SMALL_C;
     size_t esz = pb->dtype == DT_F64 ? 8 : 4;
-    size_t n = (size_t)(pb->n_cols > 0 ? pb->n_cols : 1);
+    size_t n = (size_t)(pb->n_cols > 0 ? pb->n_cols : 1) * (small ? TILE : 1);
     void *zbuf = malloc(n * esz), *ebuf = malloc(n * esz);
-    if (!zbuf || !ebuf) {
-        free(zbuf);
-        free(ebuf);
-        t->failed = 1;
-        return NULL;
-    }
+    row_kernel k = NULL;
     switch (pb->dtype) {
-    case DT_F32: rows_f32(pb, t->r0, t->r1, zbuf, ebuf); break;
-    case DT_F64: rows_f64(pb, t->r0, t->r1, zbuf, ebuf); break;
-    case DT_BF16: rows_bf16(pb, t->r0, t->r1, zbuf, ebuf); break;
+    case DT_F32: k = small ? (row_kernel)tiles_f32 : (row_kernel)rows_f32; break;
+    case DT_F64: k = small ? (row_kernel)tiles_f64 : (row_kernel)rows_f64; break;
+    case DT_BF16: k = small ? (row_kernel)tiles_bf16 : (row_kernel)rows_bf16; break;
 #if HAVE_F16
-    case DT_F16: rows_f16(pb, t->r0, t->r1, zbuf, ebuf); break;
+    case DT_F16: k = small ? (row_kernel)tiles_f16 : (row_kernel)rows_f16; break;
 #endif
-    default: t->failed = 1;
     }
+    if (!zbuf || !ebuf || !k) t->failed = 1;
+    else k(pb, t->r0, t->r1, zbuf, ebuf);
     free(zbuf);
     free(ebuf);
     return NULL;
@@ -468,6 +463,18 @@ MULTIVERSION static void exp_buf_f64(const double *x, double *out, Py_ssize_t n)
 MULTIVERSION static void expm1_buf_f32(const float *x, float *out, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++) out[i] = expm1_f32(x[i]);
 }
+MULTIVERSION static void log_buf_f32(const float *x, float *out, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) out[i] = log_f32(x[i]);
+}
+MULTIVERSION static void log1p_buf_f32(const float *x, float *out, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) out[i] = log1p_f32(x[i]);
+}
+MULTIVERSION static void log_buf_f64(const double *x, double *out, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) out[i] = log_f64(x[i]);
+}
+MULTIVERSION static void log1p_buf_f64(const double *x, double *out, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) out[i] = log1p_f64(x[i]);
+}
 MULTIVERSION static void tanh_buf_f32(const float *x, float *out, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++) out[i] = tanh_f32(x[i]);
 }
@@ -483,6 +490,10 @@ static PyObject *py_elementwise(PyObject *self, PyObject *args) {
     else if (strcmp(name, "exp") == 0 && dtype == DT_F64) exp_buf_f64(px, po, n);
     else if (strcmp(name, "expm1") == 0 && dtype == DT_F32) expm1_buf_f32(px, po, n);
     else if (strcmp(name, "tanh") == 0 && dtype == DT_F32) tanh_buf_f32(px, po, n);
+    else if (strcmp(name, "log") == 0 && dtype == DT_F32) log_buf_f32(px, po, n);
+    else if (strcmp(name, "log1p") == 0 && dtype == DT_F32) log1p_buf_f32(px, po, n);
+    else if (strcmp(name, "log") == 0 && dtype == DT_F64) log_buf_f64(px, po, n);
+    else if (strcmp(name, "log1p") == 0 && dtype == DT_F64) log1p_buf_f64(px, po, n);
     else {
         PyErr_Format(PyExc_ValueError, "no elementwise kernel %s for dtype %d", name, dtype);
         return NULL;

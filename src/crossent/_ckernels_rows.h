@@ -1,0 +1,312 @@
+/*
+ * Row kernels of crossent._ckernels, written once and instantiated per storage type.
+ * _ckernels.c includes this file once per type after defining:
+ *   SUFFIX        name suffix (f32, f64, bf16, f16)
+ *   T             compute type (float or double)
+ *   EXP, EXPM1, TANH, LOG1P   elementary functions on T
+ *   LOAD(row, c)  element c of a storage row, as T
+ *   STORE(row, c, v)          store gradient element c
+ *
+ * Two layouts of the same computation:
+ *   - rows_*: along each row (C large): pass 1 reads the row from memory (max, and the
+ *     soft-capped values kept in zbuf), pass 2 re-reads it from cache for the exp-sum,
+ *     pass 3 writes the gradient from the exponentials pass 2 left in ebuf;
+ *   - tiles_*: across TILE rows at a time (C small, where a row is shorter than a vector
+ *     register): the tile is transposed into zbuf so that every vector lane is a row.
+ * Both share row_finish(), the per-row scalar epilogue, so their results are identical.
+ */
+
+#define CAT2(a, b) a##_##b
+#define CAT(a, b) CAT2(a, b)
+#define ROWS CAT(rows, SUFFIX)
+#define TILES CAT(tiles, SUFFIX)
+#define FINISH CAT(row_finish, SUFFIX)
+#define GRAD_TARGET CAT(grad_target, SUFFIX)
+
+/* The per-row epilogue: loss and lse from the row statistics; returns the gradient's
+ * softmax coefficient (A in crossent._reference.softmax_grad_index). */
+static inline T FINISH(const Problem *pb, Py_ssize_t r, T m, T lse_s, T sw, T swz, T z_y,
+                       T w_y, int ignored) {
+    const int soft = pb->q != NULL;
+    const T eps = (T)pb->label_smoothing, zl = (T)pb->z_loss, w_sum = (T)pb->w_sum;
+    const T qeps = eps / (T)pb->n_cols, qkeep = 1 - eps;
+    const T lse = m + lse_s;
+    T loss = 0, coef = 0;
+    ((T *)pb->lse)[r] = lse;
+    if (soft) {
+        loss = lse_s * sw + swz;
+        if (zl > 0) loss += zl * (lse * lse);
+        coef = zl > 0 ? sw + 2 * zl * lse : sw;
+    } else if (!ignored) {
+        if (eps < 1) {
+            T nll = lse_s - (z_y - m);
+            T term = (w_y == 0 && nll == INFINITY) ? 0 : w_y * nll; /* 0 * inf = 0 */
+            loss = eps > 0 ? qkeep * term : term;
+        }
+        if (eps > 0) loss += qeps * (w_sum * lse_s + swz);
+        if (zl > 0) {
+            T l2 = lse * lse;
+            loss += zl * ((w_y == 0 && l2 == INFINITY) ? 0 : w_y * l2);
+        }
+        coef = qkeep * w_y + qeps * w_sum;
+        if (zl > 0) coef += 2 * zl * w_y * lse;
+    }
+    ((T *)pb->loss)[r] = loss;
+    return coef;
+}
+
+/* The gradient's target entry: p_y - 1 = expm1(s_y - lse_s), exact for a confident row
+ * where p_y rounds to 1 (Liger PR #1329's catastrophic cancellation). */
+static inline T GRAD_TARGET(const Problem *pb, T s_y, T lse_s, T w_y, T coef, T gr) {
+    const T eps = (T)pb->label_smoothing;
+    const T qeps = eps / (T)pb->n_cols, qkeep = 1 - eps;
+    T p_y = EXP(s_y - lse_s);
+    return gr * (qkeep * w_y * EXPM1(s_y - lse_s) + p_y * (coef - qkeep * w_y) - qeps * w_y);
+}
+
+MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
+                              T *restrict zbuf, T *restrict ebuf) {
+    const Py_ssize_t C = pb->n_cols;
+    const T eps = (T)pb->label_smoothing, cap = (T)pb->softcap;
+    const T *restrict w = (const T *)pb->w;
+    const int soft = pb->q != NULL, want_grad = pb->g != NULL;
+    const int use_zbuf = cap > 0 || pb->dtype >= DT_BF16;
+    const T qeps = eps / (T)C, qkeep = 1 - eps;
+    const size_t esz = elsize(pb->dtype);
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;
+        const T *restrict z;
+        /* pass 1: (load, softcap), max */
+        if (use_zbuf) {
+            if (cap > 0) {
+#pragma omp simd
+                for (Py_ssize_t c = 0; c < C; c++) zbuf[c] = cap * TANH(LOAD(xrow, c) / cap);
+            } else {
+#pragma omp simd
+                for (Py_ssize_t c = 0; c < C; c++) zbuf[c] = LOAD(xrow, c);
+            }
+            z = zbuf;
+        } else {
+            z = (const T *)xrow;
+        }
+        T m = -INFINITY;
+        int any_nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : any_nan)
+        for (Py_ssize_t c = 0; c < C; c++) {
+            T v = z[c];
+            m = v > m ? v : m;
+            any_nan |= (v != v);
+        }
+        /* the inf-safe shift: an infinite (or, with NaN, any) maximum shifts by 0 */
+        if (!isfinite(m) || any_nan) m = 0;
+        /* pass 2: sum of exp(z - m) without the maximal terms (each exactly 1) */
+        T rest = 0, top = 0;
+        if (want_grad) {
+#pragma omp simd reduction(+ : rest, top)
+            for (Py_ssize_t c = 0; c < C; c++) {
+                T s = z[c] - m;
+                T e = EXP(s);
+                ebuf[c] = e;
+                rest += s == 0 ? 0 : e;
+                top += s == 0 ? 1 : 0;
+            }
+        } else {
+#pragma omp simd reduction(+ : rest, top)
+            for (Py_ssize_t c = 0; c < C; c++) {
+                T s = z[c] - m;
+                T e = EXP(s);
+                rest += s == 0 ? 0 : e;
+                top += s == 0 ? 1 : 0;
+            }
+        }
+        const T *restrict qrow = soft ? (const T *)pb->q + (size_t)r * C : NULL;
+        const int64_t yi = soft ? 0 : pb->y[r];
+        const int ignored = !soft && yi < 0;
+        /* sum_c a_c (m - z_c) and sum_c a_c, a = w q' (soft) or w (smoothing); 0 * inf = 0 */
+        T sw = 0, swz = 0;
+        if (soft) {
+#pragma omp simd reduction(+ : sw, swz)
+            for (Py_ssize_t c = 0; c < C; c++) {
+                T a = qkeep * qrow[c] + qeps;
+                if (w) a = a * w[c];
+                T d = m - z[c];
+                swz += (a == 0 && d == INFINITY) ? 0 : a * d;
+                sw += a;
+            }
+        } else if (eps > 0 && !ignored) {
+#pragma omp simd reduction(+ : swz)
+            for (Py_ssize_t c = 0; c < C; c++) {
+                T a = w ? w[c] : 1;
+                T d = m - z[c];
+                swz += (a == 0 && d == INFINITY) ? 0 : a * d;
+            }
+        }
+        const T z_y = (soft || ignored) ? 0 : z[yi];
+        const T w_y = (soft || ignored || !w) ? 1 : w[yi];
+        const T lse_s = LOG1P(rest + (top - 1)); /* the maximal terms kept out of the sum */
+        const T coef = FINISH(pb, r, m, lse_s, sw, swz, z_y, w_y, ignored);
+        if (!want_grad) continue;
+        /* pass 3: the gradient, from the exponentials in ebuf */
+        char *grow = pb->grad + (size_t)r * pb->grad_stride * esz;
+        if (ignored) {
+            memset(grow, 0, (size_t)C * esz);
+            continue;
+        }
+        const T gr = ((const T *)pb->g)[r];
+        const T pc = EXP(-lse_s) * coef * gr;
+        if (soft) {
+#pragma omp simd
+            for (Py_ssize_t c = 0; c < C; c++) {
+                T a = qkeep * qrow[c] + qeps;
+                if (w) a = a * w[c];
+                ebuf[c] = ebuf[c] * pc - a * gr;
+            }
+        } else if (eps > 0) {
+            const T sub = qeps * gr;
+#pragma omp simd
+            for (Py_ssize_t c = 0; c < C; c++) ebuf[c] = ebuf[c] * pc - (w ? w[c] * sub : sub);
+        } else {
+#pragma omp simd
+            for (Py_ssize_t c = 0; c < C; c++) ebuf[c] = ebuf[c] * pc;
+        }
+        if (!soft) ebuf[yi] = GRAD_TARGET(pb, z_y - m, lse_s, w_y, coef, gr);
+        if (cap > 0) {
+#pragma omp simd
+            for (Py_ssize_t c = 0; c < C; c++) {
+                T t = z[c] / cap;
+                ebuf[c] *= (1 - t * t); /* d tanh = 1 - tanh^2 */
+            }
+        }
+#pragma omp simd
+        for (Py_ssize_t c = 0; c < C; c++) STORE(grow, c, ebuf[c]);
+    }
+}
+
+/* TILE rows at once, one row per vector lane; zbuf and ebuf hold C * TILE values. */
+MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
+                               T *restrict zbuf, T *restrict ebuf) {
+    const Py_ssize_t C = pb->n_cols;
+    const T eps = (T)pb->label_smoothing, cap = (T)pb->softcap;
+    const T *restrict w = (const T *)pb->w;
+    const int soft = pb->q != NULL, want_grad = pb->g != NULL;
+    const T qeps = eps / (T)C, qkeep = 1 - eps;
+    const size_t esz = elsize(pb->dtype);
+    for (Py_ssize_t r = r0; r < r1; r += TILE) {
+        const int nb = (int)(r1 - r < TILE ? r1 - r : TILE);
+        /* transpose the tile in: zbuf[c * TILE + b] = z[r + b][c]; idle lanes get 0 */
+        for (int b = 0; b < TILE; b++) {
+            if (b < nb) {
+                const char *xrow = pb->x + (size_t)(r + b) * pb->row_stride * esz;
+                for (Py_ssize_t c = 0; c < C; c++) zbuf[c * TILE + b] = LOAD(xrow, c);
+            } else {
+                for (Py_ssize_t c = 0; c < C; c++) zbuf[c * TILE + b] = 0;
+            }
+        }
+        if (cap > 0) {
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < C * TILE; i++) zbuf[i] = cap * TANH(zbuf[i] / cap);
+        }
+        T m[TILE], rest[TILE], top[TILE], sw[TILE], swz[TILE];
+        int any_nan[TILE];
+#pragma omp simd
+        for (int b = 0; b < TILE; b++) {
+            m[b] = -INFINITY;
+            any_nan[b] = 0;
+            rest[b] = top[b] = sw[b] = swz[b] = 0;
+        }
+        for (Py_ssize_t c = 0; c < C; c++) {
+#pragma omp simd
+            for (int b = 0; b < TILE; b++) {
+                T v = zbuf[c * TILE + b];
+                m[b] = v > m[b] ? v : m[b];
+                any_nan[b] |= (v != v);
+            }
+        }
+#pragma omp simd
+        for (int b = 0; b < TILE; b++) m[b] = (isfinite(m[b]) && !any_nan[b]) ? m[b] : 0;
+        for (Py_ssize_t c = 0; c < C; c++) {
+#pragma omp simd
+            for (int b = 0; b < TILE; b++) {
+                T s = zbuf[c * TILE + b] - m[b];
+                T e = EXP(s);
+                ebuf[c * TILE + b] = e;
+                rest[b] += s == 0 ? 0 : e;
+                top[b] += s == 0 ? 1 : 0;
+            }
+        }
+        int64_t yi[TILE];
+        for (int b = 0; b < TILE; b++) yi[b] = (soft || b >= nb) ? 0 : pb->y[r + b];
+        if (soft || eps > 0) {
+            for (Py_ssize_t c = 0; c < C; c++) {
+                const T wc = w ? w[c] : 1;
+                T qc[TILE];
+                for (int b = 0; b < TILE; b++)
+                    qc[b] = (soft && b < nb) ? ((const T *)pb->q)[(size_t)(r + b) * C + c] : 0;
+#pragma omp simd
+                for (int b = 0; b < TILE; b++) {
+                    T a = soft ? (qkeep * qc[b] + qeps) * wc : wc;
+                    T d = m[b] - zbuf[c * TILE + b];
+                    swz[b] += (a == 0 && d == INFINITY) ? 0 : a * d;
+                    sw[b] += a;
+                }
+            }
+        }
+        T coef[TILE], lse_s[TILE], gr[TILE];
+#pragma omp simd
+        for (int b = 0; b < TILE; b++) lse_s[b] = LOG1P(rest[b] + (top[b] - 1));
+        for (int b = 0; b < nb; b++) {
+            const int ignored = !soft && yi[b] < 0;
+            const T z_y = (soft || ignored) ? 0 : zbuf[yi[b] * TILE + b];
+            const T w_y = (soft || ignored || !w) ? 1 : w[yi[b]];
+            coef[b] = FINISH(pb, r + b, m[b], lse_s[b], sw[b], swz[b], z_y, w_y, ignored);
+            gr[b] = want_grad && !ignored ? ((const T *)pb->g)[r + b] : 0;
+        }
+        if (!want_grad) continue;
+        for (int b = nb; b < TILE; b++) coef[b] = lse_s[b] = gr[b] = 0;
+        T pc[TILE];
+#pragma omp simd
+        for (int b = 0; b < TILE; b++) pc[b] = EXP(-lse_s[b]) * coef[b] * gr[b];
+        for (Py_ssize_t c = 0; c < C; c++) {
+            const T wc = w ? w[c] : 1;
+            T qc[TILE];
+            for (int b = 0; b < TILE; b++)
+                qc[b] = (soft && b < nb) ? ((const T *)pb->q)[(size_t)(r + b) * C + c] : 0;
+#pragma omp simd
+            for (int b = 0; b < TILE; b++) {
+                T sub = soft ? (qkeep * qc[b] + qeps) * wc : qeps * wc;
+                T d = ebuf[c * TILE + b] * pc[b] - sub * gr[b];
+                if (cap > 0) {
+                    T t = zbuf[c * TILE + b] / cap;
+                    d *= (1 - t * t);
+                }
+                ebuf[c * TILE + b] = d;
+            }
+        }
+        for (int b = 0; b < nb; b++) {
+            char *grow = pb->grad + (size_t)(r + b) * pb->grad_stride * esz;
+            const int ignored = !soft && yi[b] < 0;
+            if (ignored) {
+                memset(grow, 0, (size_t)C * esz);
+                continue;
+            }
+            if (!soft) {
+                const Py_ssize_t y = yi[b];
+                const T w_y = w ? w[y] : 1;
+                T d = GRAD_TARGET(pb, zbuf[y * TILE + b] - m[b], lse_s[b], w_y, coef[b], gr[b]);
+                if (cap > 0) {
+                    T t = zbuf[y * TILE + b] / cap;
+                    d *= (1 - t * t);
+                }
+                ebuf[y * TILE + b] = d;
+            }
+            for (Py_ssize_t c = 0; c < C; c++) STORE(grow, c, ebuf[c * TILE + b]);
+        }
+    }
+}
+
+#undef ROWS
+#undef TILES
+#undef FINISH
+#undef GRAD_TARGET
+#undef CAT
+#undef CAT2
