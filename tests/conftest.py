@@ -44,7 +44,7 @@ def xp_asarray(xp: Any, a: Any, dtype: Any = None) -> Any:
     if dtype is not None:
         a = a.astype(dtype)
     if "torch" in xp.__name__:
-        return xp.from_numpy(np.ascontiguousarray(a))
+        return xp.from_numpy(a.copy(order="C"))  # keeps 0-d arrays 0-d
     return xp.asarray(a)
 
 

@@ -38,7 +38,7 @@ def namespace_of(input: Any, argument: str = "input") -> tuple[Any, Any]:
     """Return ``(xp, array)`` for the main input; Python sequences become NumPy arrays."""
     if not array_api_compat.is_array_api_obj(input):
         if isinstance(input, (list, tuple, int, float, np.generic)):
-            input = np.asarray(input)
+            input = _convert(np.asarray, input, argument)
         else:
             raise CrossEntropyTypeError(
                 f"{argument} is a {type(input).__name__}; expected an array (NumPy, PyTorch, "
@@ -77,7 +77,22 @@ def as_array_like(xp: Any, like: Any, value: Any, argument: str) -> Any:
             value=type(value).__name__,
             expected="an array",
         )
-    return xp.asarray(value, device=array_api_compat.device(like))
+    device = array_api_compat.device(like)
+    return _convert(lambda v: xp.asarray(v, device=device), value, argument)
+
+
+def _convert(asarray: Any, value: Any, argument: str) -> Any:
+    """``asarray(value)``, with the library's own conversion errors made ours."""
+    try:
+        return asarray(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise CrossEntropyTypeError(
+            f"{argument} could not be converted to an array ({exc}); expected a "
+            "rectangular array of numbers",
+            argument=argument,
+            value=type(value).__name__,
+            expected="a rectangular array of numbers",
+        ) from exc
 
 
 def is_concrete(x: Any) -> bool:

@@ -50,7 +50,7 @@ class _Binary:
             )
         if xp.isdtype(target.dtype, "real floating"):
             cdt = xp.result_type(cdt, target.dtype)
-        self.guard = ValueGuard(xp, input, target)
+        self.guard = ValueGuard(xp)
         if not xp.isdtype(target.dtype, "bool"):
             self.guard.check(
                 xp.logical_or(target < 0, target > 1),

@@ -162,6 +162,8 @@ class _Problem:
         xp = self.xp
         if full is not None:
             bad = xp.logical_or(full < low, full > high)
+            if self.ignored is not None:  # ignored examples are not read
+                bad = xp.logical_and(bad, xp.logical_not(xp.expand_dims(self.ignored, axis=self.axis)))
             self.guard.check(
                 bad,
                 range_error(name, full, low, high, advice),
@@ -272,7 +274,7 @@ def _prepare(
     reduction = check_reduction(reduction)
     eps = check_unit_interval("label_smoothing", label_smoothing)
     ignore_index = check_ignore_index(ignore_index)
-    axis = check_axis(axis, input.ndim)
+    axis = check_axis(axis, input.ndim, input_name)
     cdt = compute_dtype(xp, input.dtype, input_name)
     target = as_array_like(xp, input, target, "target")
     kind = target_kind(xp, input, target, axis, input_name)
@@ -289,7 +291,7 @@ def _prepare(
     if weight is not None:
         w = as_array_like(xp, input, weight, "weight")
         check_class_weight(xp, w, n_classes, axis)
-    guard = ValueGuard(xp, input, target, w)
+    guard = ValueGuard(xp)
     if w is not None:
         guard.check(w < 0, negative_error("weight", w, "class weights"), example_bad=xp.any)
 

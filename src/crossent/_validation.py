@@ -13,6 +13,8 @@ import math
 import numbers
 from typing import Any, Callable
 
+import numpy as np
+
 from ._backend import is_concrete
 from ._errors import (
     InvalidDTypeError,
@@ -26,17 +28,23 @@ REDUCTIONS = ("none", "mean", "sum")
 
 
 def _real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        try:  # 0-d arrays of any library
-            value = float(value)
-        except (TypeError, ValueError):
-            raise InvalidOptionError(
-                f"{name} = {value!r} is not a real number",
-                argument=name,
-                value=value,
-                expected="a real number",
-            ) from None
-    return float(value)
+    """A real-number option as a float; bools and strings are refused, not coerced
+    (``softcap=True`` must not silently mean a cap of 1)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if not isinstance(value, (bool, np.bool_, str, bytes)) and hasattr(value, "__float__"):
+        dtype = getattr(value, "dtype", None)
+        if getattr(value, "shape", ()) == () and "bool" not in str(dtype):
+            try:  # 0-d arrays of any library
+                return float(value)
+            except (TypeError, ValueError):
+                pass
+    raise InvalidOptionError(
+        f"{name} = {value!r} is not a real number",
+        argument=name,
+        value=value,
+        expected="a real number",
+    )
 
 
 def check_reduction(reduction: Any) -> str:
@@ -50,7 +58,7 @@ def check_reduction(reduction: Any) -> str:
     return reduction
 
 
-def check_axis(axis: Any, ndim: int) -> int:
+def check_axis(axis: Any, ndim: int, input_name: str = "input") -> int:
     """Normalise ``axis`` to ``[0, ndim)``."""
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise InvalidOptionError(
@@ -62,8 +70,8 @@ def check_axis(axis: Any, ndim: int) -> int:
     axis = int(axis)
     if ndim == 0:
         raise ShapeMismatchError(
-            "input is 0-dimensional; expected at least one dimension, the class axis",
-            argument="input",
+            f"{input_name} is 0-dimensional; expected at least one dimension, the class axis",
+            argument=input_name,
             value=(),
             expected="ndim >= 1",
         )
@@ -227,6 +235,15 @@ def _first_index(xp: Any, mask: Any) -> tuple[int, ...]:
 
 
 def _scalar(x: Any) -> Any:
+    """A 0-d array element as a Python int (integer dtypes, exactly) or float."""
+    import array_api_compat
+
+    try:
+        xp = array_api_compat.array_namespace(x)
+        if xp.isdtype(x.dtype, ("integral", "bool")):
+            return int(x)
+    except (TypeError, AttributeError):
+        pass
     v = float(x)
     return int(v) if v.is_integer() and abs(v) < 2**53 else v
 
@@ -242,9 +259,8 @@ class ValueGuard:
     :meth:`poison` applies it to a per-example result.
     """
 
-    def __init__(self, xp: Any, *arrays: Any) -> None:
+    def __init__(self, xp: Any) -> None:
         self.xp = xp
-        self.concrete = all(is_concrete(a) for a in arrays if a is not None)
         self.bad: Any = None
 
     def check(
@@ -259,7 +275,9 @@ class ValueGuard:
         ``bad`` is already per example (or a scalar that poisons everything).
         """
         xp = self.xp
-        if self.concrete:
+        # Decided per mask, not per argument: inside jax.jit even operations on concrete
+        # (closed-over) arrays give tracers, which cannot be read.
+        if is_concrete(bad):
             if bool(xp.any(bad)):
                 raise error(_first_index(xp, bad))
             return
