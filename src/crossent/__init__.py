@@ -22,6 +22,7 @@ from ._categorical import (
     softmax_cross_entropy,
     softmax_cross_entropy_value_and_grad,
 )
+from ._config import show_config
 from ._errors import (
     CrossEntropyError,
     CrossEntropyTypeError,
@@ -33,6 +34,8 @@ from ._errors import (
     TargetOutOfRangeError,
 )
 
+from ._kernels import get_num_threads, set_num_threads
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -42,6 +45,9 @@ __all__ = [
     "softmax_cross_entropy_value_and_grad",
     "binary_cross_entropy",
     "sigmoid_binary_cross_entropy",
+    "show_config",
+    "set_num_threads",
+    "get_num_threads",
     "CrossEntropyError",
     "CrossEntropyValueError",
     "CrossEntropyTypeError",

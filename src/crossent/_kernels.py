@@ -36,11 +36,25 @@ def available() -> bool:
 
 
 def set_num_threads(n: int | None) -> None:
-    """Set the kernels' thread count (``None``: back to the default).
+    """Set the number of threads the compiled kernels use.
 
     The default is ``CROSSENT_NUM_THREADS`` if set; else, when PyTorch is imported,
-    ``torch.get_num_threads()`` so that a PyTorch program is not oversubscribed; else
-    the number of CPUs this process may run on.
+    ``torch.get_num_threads()``, so that a PyTorch program is not oversubscribed; else the
+    number of CPUs this process may run on. Small inputs use fewer threads (one per 32 K
+    elements at least), since starting a thread costs more than it saves there.
+
+    Parameters
+    ----------
+    n : int >= 1, or None
+        The thread count; ``None`` returns to the default.
+
+    Examples
+    --------
+    >>> import crossent
+    >>> crossent.set_num_threads(1)
+    >>> crossent.get_num_threads()
+    1
+    >>> crossent.set_num_threads(None)
     """
     global _num_threads
     if n is not None:
@@ -57,7 +71,14 @@ def set_num_threads(n: int | None) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of threads the kernels use (see :func:`set_num_threads`)."""
+    """The number of threads the compiled kernels use (see :func:`set_num_threads`).
+
+    Examples
+    --------
+    >>> import crossent
+    >>> crossent.get_num_threads() >= 1
+    True
+    """
     if _num_threads is not None:
         return _num_threads
     env = os.environ.get("CROSSENT_NUM_THREADS")
