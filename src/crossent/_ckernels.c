@@ -291,6 +291,8 @@ typedef struct {
     double w_sum;           /* sum of w (or n_cols) */
     char *loss, *lse;       /* per-row outputs (compute dtype) */
     const char *g;          /* per-row upstream gradient (compute dtype), or NULL: no grad */
+    const char *lse_in;     /* per-row lse from the forward pass (compute dtype), or NULL:
+                               then the gradient needs no max/sum pass (autograd backward) */
     char *grad;             /* gradient (storage dtype), rows of n_cols, stride grad_stride */
     Py_ssize_t grad_stride;
     int n_threads;
@@ -421,13 +423,17 @@ static int run_parallel(const Problem *pb) {
 
 static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     Problem pb;
-    unsigned long long x, y, q, w, loss, lse, g, grad;
+    unsigned long long x, y, q, w, loss, lse, g, grad, lse_in = 0;
     memset(&pb, 0, sizeof pb);
-    if (!PyArg_ParseTuple(args, "iKnnnKKKddddKKKKni", &pb.dtype, &x, &pb.n_rows, &pb.n_cols,
+    if (!PyArg_ParseTuple(args, "iKnnnKKKddddKKKKni|K", &pb.dtype, &x, &pb.n_rows, &pb.n_cols,
                           &pb.row_stride, &y, &q, &w, &pb.label_smoothing, &pb.z_loss,
                           &pb.softcap, &pb.w_sum, &loss, &lse, &g, &grad, &pb.grad_stride,
-                          &pb.n_threads))
+                          &pb.n_threads, &lse_in))
         return NULL;
+    if (lse_in && (!g || !grad)) {
+        PyErr_SetString(PyExc_ValueError, "a saved lse is only used to compute the gradient");
+        return NULL;
+    }
     if (pb.dtype < DT_F32 || pb.dtype > DT_F16 || (pb.dtype == DT_F16 && !HAVE_F16)) {
         PyErr_Format(PyExc_ValueError, "unsupported dtype code %d", pb.dtype);
         return NULL;
@@ -444,6 +450,7 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     pb.lse = (char *)(uintptr_t)lse;
     pb.g = (const char *)(uintptr_t)g;
     pb.grad = (char *)(uintptr_t)grad;
+    pb.lse_in = (const char *)(uintptr_t)lse_in;
     int failed;
     Py_BEGIN_ALLOW_THREADS
     failed = run_parallel(&pb);

@@ -69,6 +69,7 @@ MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
     const Py_ssize_t C = pb->n_cols;
     const T eps = (T)pb->label_smoothing, cap = (T)pb->softcap;
     const T *restrict w = (const T *)pb->w;
+    const T *restrict lse_in = (const T *)pb->lse_in;
     const int soft = pb->q != NULL, want_grad = pb->g != NULL;
     const int use_zbuf = cap > 0 || pb->dtype >= DT_BF16;
     const T qeps = eps / (T)C, qkeep = 1 - eps;
@@ -89,16 +90,21 @@ MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         } else {
             z = (const T *)xrow;
         }
-        T m = -INFINITY;
-        int any_nan = 0;
+        T m;
+        if (lse_in) {
+            m = lse_in[r]; /* backward from a saved lse: exp(z - lse) is the softmax */
+        } else {
+            m = -INFINITY;
+            int any_nan = 0;
 #pragma omp simd reduction(max : m) reduction(| : any_nan)
-        for (Py_ssize_t c = 0; c < C; c++) {
-            T v = z[c];
-            m = v > m ? v : m;
-            any_nan |= (v != v);
+            for (Py_ssize_t c = 0; c < C; c++) {
+                T v = z[c];
+                m = v > m ? v : m;
+                any_nan |= (v != v);
+            }
+            /* the inf-safe shift: an infinite (or, with NaN, any) maximum shifts by 0 */
+            if (!isfinite(m) || any_nan) m = 0;
         }
-        /* the inf-safe shift: an infinite (or, with NaN, any) maximum shifts by 0 */
-        if (!isfinite(m) || any_nan) m = 0;
         /* pass 2: sum of exp(z - m) without the maximal terms (each exactly 1) */
         T rest = 0, top = 0;
         if (want_grad) {
@@ -143,7 +149,8 @@ MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         }
         const T z_y = (soft || ignored) ? 0 : z[yi];
         const T w_y = (soft || ignored || !w) ? 1 : w[yi];
-        const T lse_s = LOG1P(rest + (top - 1)); /* the maximal terms kept out of the sum */
+        /* the maximal terms kept out of the sum */
+        const T lse_s = lse_in ? 0 : LOG1P(rest + (top - 1));
         const T coef = FINISH(pb, r, m, lse_s, sw, swz, z_y, w_y, ignored);
         if (!want_grad) continue;
         /* pass 3: the gradient, from the exponentials in ebuf */
@@ -188,6 +195,7 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
     const Py_ssize_t C = pb->n_cols;
     const T eps = (T)pb->label_smoothing, cap = (T)pb->softcap;
     const T *restrict w = (const T *)pb->w;
+    const T *restrict lse_in = (const T *)pb->lse_in;
     const int soft = pb->q != NULL, want_grad = pb->g != NULL;
     const T qeps = eps / (T)C, qkeep = 1 - eps;
     const size_t esz = elsize(pb->dtype);
@@ -224,6 +232,8 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         }
 #pragma omp simd
         for (int b = 0; b < TILE; b++) m[b] = (isfinite(m[b]) && !any_nan[b]) ? m[b] : 0;
+        if (lse_in)
+            for (int b = 0; b < nb; b++) m[b] = lse_in[r + b];
         for (Py_ssize_t c = 0; c < C; c++) {
 #pragma omp simd
             for (int b = 0; b < TILE; b++) {
@@ -253,7 +263,7 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         }
         T coef[TILE], lse_s[TILE], gr[TILE];
 #pragma omp simd
-        for (int b = 0; b < TILE; b++) lse_s[b] = LOG1P(rest[b] + (top[b] - 1));
+        for (int b = 0; b < TILE; b++) lse_s[b] = lse_in ? 0 : LOG1P(rest[b] + (top[b] - 1));
         for (int b = 0; b < nb; b++) {
             const int ignored = !soft && yi[b] < 0;
             const T z_y = (soft || ignored) ? 0 : zbuf[yi[b] * TILE + b];

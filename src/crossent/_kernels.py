@@ -20,7 +20,15 @@ try:  # the extension is optional: an install without a compiler has none
 except ImportError:  # pragma: no cover - exercised by the no-extension CI job
     _ckernels = None
 
-__all__ = ["available", "get_num_threads", "set_num_threads", "softmax_ce", "kernel_info"]
+__all__ = [
+    "available",
+    "get_num_threads",
+    "set_num_threads",
+    "softmax_ce",
+    "launch",
+    "storage_code",
+    "kernel_info",
+]
 
 _DT_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
 # Below this many elements a second thread costs more to start than it saves.
@@ -113,8 +121,9 @@ def _note(path: str) -> None:
     _last_path = path
 
 
-def _storage_code(a: np.ndarray) -> int | None:
-    code = _DT_CODES.get(a.dtype.name)
+def storage_code(dtype_name: str) -> int | None:
+    """The kernels' code for a storage dtype name ('float32', 'bfloat16', ...), or None."""
+    code = _DT_CODES.get(dtype_name)
     if code == 3 and not (_ckernels is not None and _ckernels.HAVE_F16):
         return None
     return code
@@ -133,6 +142,61 @@ def _threads(elements: int) -> int:
     return max(1, min(get_num_threads(), elements // _MIN_ELEMENTS_PER_THREAD))
 
 
+def launch(
+    code: int,
+    x_ptr: int,
+    n_rows: int,
+    n_cols: int,
+    row_stride: int,
+    *,
+    loss_ptr: int,
+    lse_ptr: int,
+    y_ptr: int = 0,
+    q_ptr: int = 0,
+    w_ptr: int = 0,
+    w_sum: float | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    g_ptr: int = 0,
+    grad_ptr: int = 0,
+    grad_stride: int | None = None,
+    lse_in_ptr: int = 0,
+    n_threads: int | None = None,
+) -> None:
+    """Run the fused kernel on raw buffers (NumPy ``ctypes.data``, torch ``data_ptr()``).
+
+    ``code``: storage dtype (see ``_DT_CODES``) of ``x`` and of the gradient. Rows of
+    ``n_cols`` contiguous elements, ``row_stride`` elements apart. ``y``: int64 class
+    indices, -1 for ignored rows; or ``q``: soft targets, contiguous rows in the compute
+    dtype (float64 for float64 storage, else float32), as are ``w``, the per-row upstream
+    gradient ``g`` and the outputs ``loss`` and ``lse``. With ``lse_in`` (the forward pass's
+    lse) only the gradient is computed, in one read of ``x`` and one write of the gradient.
+    The caller validates everything: the kernel trusts its arguments.
+    """
+    _ckernels.softmax_ce(
+        code,
+        x_ptr,
+        n_rows,
+        n_cols,
+        row_stride,
+        y_ptr,
+        q_ptr,
+        w_ptr,
+        float(label_smoothing),
+        float(z_loss),
+        0.0 if softcap is None else float(softcap),
+        float(n_cols) if w_sum is None else float(w_sum),
+        loss_ptr,
+        lse_ptr,
+        g_ptr,
+        grad_ptr,
+        n_cols if grad_stride is None else grad_stride,
+        _threads(n_rows * n_cols) if n_threads is None else n_threads,
+        lse_in_ptr,
+    )
+
+
 def softmax_ce(p: Any, z_loss: float, softcap: float | None, with_grad: bool, grad_output: Any):
     """Run the fused kernel on a validated problem; None if it does not fit.
 
@@ -144,7 +208,7 @@ def softmax_ce(p: Any, z_loss: float, softcap: float | None, with_grad: bool, gr
     if not available() or not array_api_compat.is_numpy_array(x):
         _note("reference")
         return None
-    code = _storage_code(x)
+    code = storage_code(x.dtype.name)
     kernel_dtype = np.float64 if code == 1 else np.float32
     if code is None or np.dtype(p.dtype) != kernel_dtype or x.size == 0:
         _note("reference")
@@ -170,25 +234,23 @@ def softmax_ce(p: Any, z_loss: float, softcap: float | None, with_grad: bool, gr
     if with_grad:
         g = np.ascontiguousarray(p.upstream(grad_output), dtype=kernel_dtype).reshape(-1)
         grad = np.empty((n_rows, n_classes), dtype=x.dtype)
-    _ckernels.softmax_ce(
+    launch(
         code,
         rows.ctypes.data,
         n_rows,
         n_classes,
         rows.strides[0] // rows.itemsize,
-        0 if y is None else y.ctypes.data,
-        0 if q is None else q.ctypes.data,
-        0 if w is None else w.ctypes.data,
-        p.label_smoothing,
-        z_loss,
-        0.0 if softcap is None else softcap,
-        w_sum,
-        loss.ctypes.data,
-        lse.ctypes.data,
-        0 if g is None else g.ctypes.data,
-        0 if grad is None else grad.ctypes.data,
-        n_classes,
-        _threads(n_rows * n_classes),
+        y_ptr=0 if y is None else y.ctypes.data,
+        q_ptr=0 if q is None else q.ctypes.data,
+        w_ptr=0 if w is None else w.ctypes.data,
+        w_sum=w_sum,
+        label_smoothing=p.label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        loss_ptr=loss.ctypes.data,
+        lse_ptr=lse.ctypes.data,
+        g_ptr=0 if g is None else g.ctypes.data,
+        grad_ptr=0 if grad is None else grad.ctypes.data,
     )
     _note(f"kernel ({x.dtype.name})")
     shape = p.example_shape
