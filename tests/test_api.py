@@ -69,7 +69,7 @@ def test_keyword_contract():
         "z_loss", "softcap", "reduction", "return_lse",
     ]
     vg = inspect.signature(crossent.softmax_cross_entropy_value_and_grad)
-    assert list(vg.parameters) == list(sig.parameters) + ["grad_output"]
+    assert list(vg.parameters) == list(sig.parameters) + ["grad_output", "out"]
     for p in list(sig.parameters.values())[2:]:
         assert p.kind is inspect.Parameter.KEYWORD_ONLY
     assert sig.parameters["reduction"].default == "none"

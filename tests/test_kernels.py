@@ -308,3 +308,31 @@ def test_gradient_from_a_saved_lse_equals_the_fused_gradient(dtype, c, opts):
                     softcap=opts.get("softcap"), loss_ptr=scratch.ctypes.data, lse_ptr=scratch2.ctypes.data,
                     g_ptr=g.ctypes.data, grad_ptr=grad.ctypes.data, lse_in_ptr=lse.ctypes.data)
     assert_close(grad, ref, dtype)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+@pytest.mark.parametrize("kernels", [True, False])
+def test_gradient_into_a_caller_buffer_and_in_place(monkeypatch, axis, kernels):
+    if not kernels:
+        monkeypatch.setenv("CROSSENT_DISABLE_KERNELS", "1")
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(9, 40)).astype(np.float32)
+    y = rng.integers(0, x.shape[axis], x.shape[1 - (axis % 2)] if axis == 0 else 9)
+    loss, ref = crossent.softmax_cross_entropy_value_and_grad(x, y, axis=axis, label_smoothing=0.1)
+    out = np.full_like(x, np.nan)
+    loss2, g = crossent.softmax_cross_entropy_value_and_grad(x, y, axis=axis, label_smoothing=0.1, out=out)
+    assert g is out
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(loss2, loss)
+    x2 = x.copy()
+    _, g2 = crossent.softmax_cross_entropy_value_and_grad(x2, y, axis=axis, label_smoothing=0.1, out=x2)
+    assert g2 is x2
+    np.testing.assert_allclose(x2, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_out_is_validated():
+    x = np.zeros((2, 3), dtype=np.float32)
+    y = np.array([0, 1])
+    for bad in [np.zeros((2, 3)), np.zeros((3, 2), np.float32), [[0.0] * 3] * 2]:
+        with pytest.raises(crossent.CrossEntropyError, match="out"):
+            crossent.softmax_cross_entropy_value_and_grad(x, y, out=bad)

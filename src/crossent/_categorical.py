@@ -544,6 +544,7 @@ def _softmax(
     reduction: Any,
     with_grad: bool,
     grad_output: Any = None,
+    out: Any = None,
 ) -> tuple[Any, Any, Any]:
     """``(reduced loss, lse, dlogits or None)``: the one implementation of the logits path."""
     zl = check_nonnegative("z_loss", z_loss)
@@ -561,7 +562,9 @@ def _softmax(
     xp = p.xp
     eps = p.label_smoothing
     with quiet(xp):
-        fused = _kernels.softmax_ce(p, zl, cap, with_grad, grad_output)
+        if out is not None:
+            _check_out(p, out)
+        fused = _kernels.softmax_ce(p, zl, cap, with_grad, grad_output, out)
         if fused is not None:
             return fused
         z = softcap_logits(xp, p.x, cap)
@@ -591,7 +594,44 @@ def _softmax(
                 t = z / cap
                 dz = dz * (1.0 - t * t)
             grad = p.to_input_layout(dz)
+            if out is not None:
+                grad = _write_out(xp, out, grad)
     return result, lse, grad
+
+
+def _check_out(p: _Problem, out: Any) -> None:
+    """``out`` must be a writable array of the logits' library, shape and dtype."""
+    import array_api_compat
+
+    ok_lib = array_api_compat.is_array_api_obj(out) and array_api_compat.array_namespace(out) is p.xp
+    if not ok_lib or tuple(out.shape) != tuple(p.input.shape) or out.dtype != p.input.dtype:
+        raise InvalidOptionError(
+            f"out must be an array of the logits' library with shape {tuple(p.input.shape)} "
+            f"and dtype {p.input.dtype}; got {type(out).__name__} with shape "
+            f"{tuple(getattr(out, 'shape', ()))} and dtype {getattr(out, 'dtype', None)}",
+            argument="out",
+            value=type(out).__name__,
+            expected=f"array of shape {tuple(p.input.shape)}, dtype {p.input.dtype}",
+        )
+    if not array_api_compat.is_writeable_array(out):
+        raise InvalidOptionError(
+            f"out is a read-only {type(out).__name__}: the gradient cannot be written into it "
+            "(JAX arrays are immutable; use the returned gradient instead)",
+            argument="out",
+            value=type(out).__name__,
+            expected="a writable array",
+        )
+
+
+def _write_out(xp: Any, out: Any, grad: Any) -> Any:
+    import array_api_compat
+
+    if array_api_compat.is_torch_array(out):
+        with __import__("torch").no_grad():
+            out.copy_(grad)
+    else:
+        out[...] = grad
+    return out
 
 
 @_doc
@@ -705,6 +745,7 @@ def softmax_cross_entropy_value_and_grad(
     reduction: Reduction = "none",
     return_lse: bool = False,
     grad_output: Any = None,
+    out: Any = None,
 ) -> Any:
     r""":func:`softmax_cross_entropy` and its gradient with respect to the logits.
 
@@ -740,6 +781,11 @@ def softmax_cross_entropy_value_and_grad(
     grad_output : array_like, optional
         The upstream gradient: broadcastable to the per-example loss shape with
         ``reduction="none"``, a scalar otherwise. Defaults to ones.
+    out : array, optional
+        Write the gradient into this array (same library, shape and dtype as ``logits``)
+        and return it: no allocation, which spares the first-touch page faults of a fresh
+        (N, C) buffer in a training loop. ``out`` may be ``logits`` itself (in place: the
+        logits are overwritten by their gradient, as Liger and flash-attn do).
 
     Returns
     -------
@@ -770,5 +816,6 @@ def softmax_cross_entropy_value_and_grad(
         reduction=reduction,
         with_grad=True,
         grad_output=grad_output,
+        out=out,
     )
     return ((loss, lse), grad) if return_lse else (loss, grad)

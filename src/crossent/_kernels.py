@@ -197,7 +197,9 @@ def launch(
     )
 
 
-def softmax_ce(p: Any, z_loss: float, softcap: float | None, with_grad: bool, grad_output: Any):
+def softmax_ce(
+    p: Any, z_loss: float, softcap: float | None, with_grad: bool, grad_output: Any, out: Any = None
+):
     """Run the fused kernel on a validated problem; None if it does not fit.
 
     Returns ``(reduced loss, lse, dlogits or None)`` exactly like the reference path.
@@ -233,7 +235,15 @@ def softmax_ce(p: Any, z_loss: float, softcap: float | None, with_grad: bool, gr
     g = grad = None
     if with_grad:
         g = np.ascontiguousarray(p.upstream(grad_output), dtype=kernel_dtype).reshape(-1)
-        grad = np.empty((n_rows, n_classes), dtype=x.dtype)
+        grad = None
+        if out is not None:
+            # write straight into the caller's buffer when its rows can be addressed
+            # (always for a C-contiguous out; out may be the logits themselves)
+            view = np.moveaxis(out, p.axis, -1)
+            if view.flags.c_contiguous:
+                grad = view.reshape(n_rows, n_classes)
+        if grad is None:
+            grad = np.empty((n_rows, n_classes), dtype=x.dtype)
     launch(
         code,
         rows.ctypes.data,
@@ -258,4 +268,8 @@ def softmax_ce(p: Any, z_loss: float, softcap: float | None, with_grad: bool, gr
     dlogits = None
     if grad is not None:
         dlogits = np.moveaxis(grad.reshape(shape + (n_classes,)), -1, p.axis)
+        if out is not None:
+            if grad.base is None or not np.shares_memory(grad, out):
+                out[...] = dlogits  # out's rows were not addressable: copy once
+            dlogits = out
     return result, xp.reshape(lse, shape), dlogits
