@@ -336,3 +336,46 @@ def test_out_is_validated():
     for bad in [np.zeros((2, 3)), np.zeros((3, 2), np.float32), [[0.0] * 3] * 2]:
         with pytest.raises(crossent.CrossEntropyError, match="out"):
             crossent.softmax_cross_entropy_value_and_grad(x, y, out=bad)
+
+
+@pytest.mark.parametrize("func, make", [
+    (crossent.cross_entropy, lambda z: np.exp(z) / np.exp(z).sum(-1, keepdims=True)),
+    (crossent.nll_loss, lambda z: z - np.log(np.exp(z).sum(-1, keepdims=True))),
+], ids=["cross_entropy", "nll_loss"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opts", [
+    dict(label_smoothing=0.1),
+    dict(label_smoothing=0.3, weight="w", ignore_index=-100, reduction="mean"),
+    dict(label_smoothing=1.0, reduction="sum"),
+    dict(soft=True),
+    dict(soft=True, weight="w", label_smoothing=0.2, reduction="mean"),
+], ids=str)
+def test_probability_kernels_equal_reference(monkeypatch, func, make, dtype, opts):
+    rng = np.random.default_rng(9)
+    n, c = 21, 37
+    x = make(rng.normal(size=(n, c)) * 3).astype(dtype)
+    x[2, 5] = 0.0 if func is crossent.cross_entropy else -np.inf  # zero probability
+    opts = dict(opts)
+    if opts.pop("soft", False):
+        t = rng.dirichlet(np.ones(c), n).astype(dtype)
+        t[2, 5] = 0.0  # 0 * log 0 = 0
+        t[2] /= t[2].sum()
+    else:
+        t = rng.integers(0, c, n)
+        t[4] = -100
+        t[2] = 6
+    if opts.get("weight") == "w":
+        opts["weight"] = rng.random(c) + 0.1
+    if "ignore_index" not in opts and not np.issubdtype(t.dtype, np.floating):
+        t[4] = 1
+    kw = dict(eps=1e-7) if func is crossent.cross_entropy and "label_smoothing" in opts else {}
+    for extra in ({}, kw):
+        ref, got = both(monkeypatch, func, x, t, **opts, **extra)
+        assert_close(got, ref, dtype)
+
+
+def test_probability_kernel_reports_the_exact_bad_element():
+    x = np.full((4, 5), 0.2)
+    x[2, 3] = 1.5
+    with pytest.raises(crossent.ProbabilityRangeError, match=r"probs\[2, 3\] = 1.5"):
+        crossent.cross_entropy(x, np.array([0, 1, 2, 3]), label_smoothing=0.1)

@@ -446,6 +446,9 @@ def cross_entropy(
     advice = ": cross_entropy expects probabilities (for logits use softmax_cross_entropy)"
     with quiet(xp):
         if _needs_full_rows(p):
+            fused = _kernels.nll_rows(p, probs=True, clip=e)
+            if fused is not None:
+                return fused
             p.check_read_values("probs", p.input, None, 0.0, 1.0, advice)
             x = p.x if e == 0.0 else xp.clip(p.x, e, 1.0 - e)
             return _loss_from_log_probs(p, xp.log(x), None)
@@ -524,6 +527,9 @@ def nll_loss(
     advice = ": log-probabilities must be <= 0 (for logits use softmax_cross_entropy)"
     with quiet(xp):
         if _needs_full_rows(p):
+            fused = _kernels.nll_rows(p, probs=False, clip=0.0)
+            if fused is not None:
+                return fused
             p.check_read_values("log_probs", p.input, None, -math.inf, 0.0, advice)
             return _loss_from_log_probs(p, p.x, None)
         lp_y = p.gathered_input()

@@ -301,6 +301,20 @@ typedef struct {
 static inline size_t elsize(int dtype) { return dtype == DT_F64 ? 8 : dtype == DT_F32 ? 4 : 2; }
 
 typedef struct {
+    int dtype;
+    const char *x;
+    Py_ssize_t n_rows, n_cols, row_stride;
+    int probs;              /* 1: x holds probabilities (log taken), 0: log-probabilities */
+    double clip;            /* probabilities clipped to [clip, 1 - clip] (0: none) */
+    const int64_t *y;       /* class index per row, -1 = ignored; or NULL with soft targets */
+    const char *q;          /* soft targets (compute dtype), contiguous rows; or NULL */
+    const char *w;          /* class weights (compute dtype) or NULL */
+    double label_smoothing;
+    char *loss;
+    int n_threads;
+} NllProblem;
+
+typedef struct {
     const Problem *pb;
     Py_ssize_t r0, r1;
     int failed;
@@ -330,6 +344,7 @@ typedef struct {
 #define EXP exp_f32
 #define EXPM1 expm1_f32
 #define TANH tanh_f32
+#define LOG log_f32
 #define LOG1P log1p_f32
 #define SUFFIX f32
 #define LOAD LOAD_F32
@@ -358,12 +373,14 @@ typedef struct {
 #undef EXP
 #undef EXPM1
 #undef TANH
+#undef LOG
 #undef LOG1P
 
 #define T double
 #define EXP exp_f64
 #define EXPM1 expm1_f64
 #define TANH tanh_f64
+#define LOG log_f64
 #define LOG1P log1p_f64
 #define SUFFIX f64
 #define LOAD LOAD_F64
@@ -419,6 +436,69 @@ static int run_parallel(const Problem *pb) {
         failed |= tasks[i].failed;
     }
     return failed;
+}
+
+typedef struct {
+    const NllProblem *pb;
+    Py_ssize_t r0, r1, first_bad;
+} NllTask;
+
+static void *run_nll_task(void *arg) {
+    NllTask *t = (NllTask *)arg;
+    switch (t->pb->dtype) {
+    case DT_F32: nll_rows_f32(t->pb, t->r0, t->r1, &t->first_bad); break;
+    case DT_F64: nll_rows_f64(t->pb, t->r0, t->r1, &t->first_bad); break;
+    case DT_BF16: nll_rows_bf16(t->pb, t->r0, t->r1, &t->first_bad); break;
+#if HAVE_F16
+    case DT_F16: nll_rows_f16(t->pb, t->r0, t->r1, &t->first_bad); break;
+#endif
+    }
+    return NULL;
+}
+
+static PyObject *py_nll_rows(PyObject *self, PyObject *args) {
+    NllProblem pb;
+    unsigned long long x, y, q, w, loss;
+    memset(&pb, 0, sizeof pb);
+    if (!PyArg_ParseTuple(args, "iKnnnidKKKdKi", &pb.dtype, &x, &pb.n_rows, &pb.n_cols,
+                          &pb.row_stride, &pb.probs, &pb.clip, &y, &q, &w,
+                          &pb.label_smoothing, &loss, &pb.n_threads))
+        return NULL;
+    if (pb.dtype < DT_F32 || pb.dtype > DT_F16 || (pb.dtype == DT_F16 && !HAVE_F16) ||
+        (!y && !q)) {
+        PyErr_SetString(PyExc_ValueError, "unsupported dtype or no targets");
+        return NULL;
+    }
+    pb.x = (const char *)(uintptr_t)x;
+    pb.y = (const int64_t *)(uintptr_t)y;
+    pb.q = (const char *)(uintptr_t)q;
+    pb.w = (const char *)(uintptr_t)w;
+    pb.loss = (char *)(uintptr_t)loss;
+    int nt = pb.n_threads < 1 ? 1 : (pb.n_threads > 256 ? 256 : pb.n_threads);
+    if ((Py_ssize_t)nt > pb.n_rows) nt = pb.n_rows > 0 ? (int)pb.n_rows : 1;
+    NllTask tasks[256];
+    pthread_t threads[256];
+    int started[256] = {0};
+    Py_ssize_t first_bad = -1;
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < nt; i++) {
+        tasks[i].pb = &pb;
+        tasks[i].r0 = pb.n_rows * i / nt;
+        tasks[i].r1 = pb.n_rows * (i + 1) / nt;
+        tasks[i].first_bad = -1;
+    }
+    for (int i = 1; i < nt; i++)
+        started[i] = pthread_create(&threads[i], NULL, run_nll_task, &tasks[i]) == 0;
+    run_nll_task(&tasks[0]);
+    for (int i = 1; i < nt; i++) {
+        if (started[i]) pthread_join(threads[i], NULL);
+        else run_nll_task(&tasks[i]);
+    }
+    for (int i = 0; i < nt; i++)
+        if (tasks[i].first_bad >= 0 && (first_bad < 0 || tasks[i].first_bad < first_bad))
+            first_bad = tasks[i].first_bad;
+    Py_END_ALLOW_THREADS
+    return PyLong_FromSsize_t(first_bad);
 }
 
 static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
@@ -525,6 +605,8 @@ static PyObject *py_isa(PyObject *self, PyObject *noargs) {
 static PyMethodDef methods[] = {
     {"softmax_ce", py_softmax_ce, METH_VARARGS,
      "Fused softmax cross-entropy (loss, lse and optionally the gradient) over rows."},
+    {"nll_rows", py_nll_rows, METH_VARARGS,
+     "cross_entropy / nll_loss over whole rows; returns the first row with a bad value or -1."},
     {"elementwise", py_elementwise, METH_VARARGS, "The kernels' exp/expm1/tanh over a buffer."},
     {"isa", py_isa, METH_NOARGS, "The instruction set the multi-versioned kernels use."},
     {NULL, NULL, 0, NULL}};

@@ -3,7 +3,7 @@
  * _ckernels.c includes this file once per type after defining:
  *   SUFFIX        name suffix (f32, f64, bf16, f16)
  *   T             compute type (float or double)
- *   EXP, EXPM1, TANH, LOG1P   elementary functions on T
+ *   EXP, EXPM1, TANH, LOG, LOG1P   elementary functions on T
  *   LOAD(row, c)  element c of a storage row, as T
  *   STORE(row, c, v)          store gradient element c
  *
@@ -22,6 +22,7 @@
 #define TILES CAT(tiles, SUFFIX)
 #define FINISH CAT(row_finish, SUFFIX)
 #define GRAD_TARGET CAT(grad_target, SUFFIX)
+#define NLLROWS CAT(nll_rows, SUFFIX)
 
 /* The per-row epilogue: loss and lse from the row statistics; returns the gradient's
  * softmax coefficient (A in crossent._reference.softmax_grad_index). */
@@ -314,6 +315,65 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
     }
 }
 
+/* cross_entropy / nll_loss over whole rows (probability targets or label smoothing):
+ * one pass per row that range-checks what it reads, takes the log (probabilities) and
+ * accumulates sum_c a_c (-log p_c) with 0 * inf = 0. Rows with a value out of range are
+ * reported through first_bad (the Python side then raises with the exact index). */
+MULTIVERSION static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t r1,
+                                 Py_ssize_t *first_bad) {
+    const Py_ssize_t C = pb->n_cols;
+    const T eps = (T)pb->label_smoothing, lo = (T)pb->clip, hi = 1 - (T)pb->clip;
+    const T *restrict w = (const T *)pb->w;
+    const int soft = pb->q != NULL, probs = pb->probs, clip = pb->clip > 0;
+    const T qeps = eps / (T)C, qkeep = 1 - eps;
+    const size_t esz = elsize(pb->dtype);
+    *first_bad = -1;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;
+        const T *restrict qrow = soft ? (const T *)pb->q + (size_t)r * C : NULL;
+        const int64_t yi = soft ? 0 : pb->y[r];
+        if (!soft && yi < 0) { /* ignored: not read, loss 0 */
+            ((T *)pb->loss)[r] = 0;
+            continue;
+        }
+        T acc = 0;
+        int bad = 0;
+#pragma omp simd reduction(+ : acc) reduction(| : bad)
+        for (Py_ssize_t c = 0; c < C; c++) {
+            T v = LOAD(xrow, c);
+            T lv;
+            if (probs) {
+                bad |= (v < 0) | (v > 1);
+                T vc = clip ? (v < lo ? lo : (v > hi ? hi : v)) : v;
+                lv = LOG(vc);
+            } else {
+                bad |= v > 0;
+                lv = v;
+            }
+            T a = soft ? qkeep * qrow[c] + qeps : 1;
+            if (w) a = a * w[c];
+            T d = -lv;
+            acc += (a == 0 && d == INFINITY) ? 0 : a * d;
+        }
+        if (bad && *first_bad < 0) *first_bad = r;
+        T loss;
+        if (soft) {
+            loss = acc;
+        } else {
+            loss = qeps * acc;
+            if (eps < 1) {
+                T v = LOAD(xrow, yi);
+                if (probs) v = LOG(clip ? (v < lo ? lo : (v > hi ? hi : v)) : v);
+                T w_y = w ? w[yi] : 1;
+                T term = (w_y == 0 && v == -INFINITY) ? 0 : w_y * -v;
+                loss += eps > 0 ? qkeep * term : term;
+            }
+        }
+        ((T *)pb->loss)[r] = loss;
+    }
+}
+
+#undef NLLROWS
 #undef ROWS
 #undef TILES
 #undef FINISH

@@ -25,6 +25,7 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "softmax_ce",
+    "nll_rows",
     "launch",
     "storage_code",
     "kernel_info",
@@ -273,3 +274,52 @@ def softmax_ce(
                 out[...] = dlogits  # out's rows were not addressable: copy once
             dlogits = out
     return result, xp.reshape(lse, shape), dlogits
+
+
+def nll_rows(p: Any, probs: bool, clip: float) -> Any:
+    """cross_entropy / nll_loss over whole rows (probability targets or label smoothing).
+
+    Returns the reduced loss, or None when the kernel does not fit (then, and when a value
+    is out of range, the caller's reference path runs and raises the precise error).
+    """
+    import array_api_compat
+
+    x = p.input
+    if not available() or not array_api_compat.is_numpy_array(x):
+        _note("reference")
+        return None
+    code = storage_code(x.dtype.name)
+    kernel_dtype = np.float64 if code == 1 else np.float32
+    if code is None or np.dtype(p.dtype) != kernel_dtype or x.size == 0:
+        _note("reference")
+        return None
+    rows = _rows(x, p.axis)
+    n_rows, n_classes = rows.shape
+    y = q = w = None
+    if p.kind == "index":
+        y = np.where(p.ignored, -1, p.y) if p.ignored is not None else p.y
+        y = np.ascontiguousarray(y, dtype=np.int64).reshape(-1)
+    else:
+        q = np.ascontiguousarray(_rows(np.asarray(p.target, dtype=kernel_dtype), p.axis))
+    if p.w is not None:
+        w = np.ascontiguousarray(p.w, dtype=kernel_dtype)
+    loss = np.empty(n_rows, dtype=kernel_dtype)
+    bad = _ckernels.nll_rows(
+        code,
+        rows.ctypes.data,
+        n_rows,
+        n_classes,
+        rows.strides[0] // rows.itemsize,
+        int(probs),
+        float(clip),
+        0 if y is None else y.ctypes.data,
+        0 if q is None else q.ctypes.data,
+        0 if w is None else w.ctypes.data,
+        p.label_smoothing,
+        loss.ctypes.data,
+        _threads(n_rows * n_classes),
+    )
+    if bad >= 0:
+        return None
+    _note(f"kernel ({x.dtype.name})")
+    return p.reduce(p.xp.reshape(loss, p.example_shape))
