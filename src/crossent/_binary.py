@@ -83,7 +83,7 @@ class _Binary:
             loss = zero_times_inf(xp, self.weight, loss)
         loss = self.guard.poison(loss)
         if self.reduction == "none":
-            return loss
+            return zero_dim(loss)
         total = xp.sum(loss)
         if self.reduction == "mean":
             total = total / float(math.prod(tuple(loss.shape)))

@@ -202,9 +202,20 @@ class _Problem:
 
     def reduce(self, loss: Any) -> Any:
         if self.reduction == "none":
-            return loss
+            return zero_dim(loss)
         total = self.xp.sum(loss)
-        return zero_dim(total if self.reduction == "sum" else total / self.denominator())
+        if self.reduction == "sum":
+            return zero_dim(total)
+        return zero_dim(self.per_denominator(total))
+
+    def per_denominator(self, value: Any) -> Any:
+        """``value / denominator``, NaN where the denominator is 0 (all examples ignored,
+        or all their target weights 0), as in PyTorch (which divides each term by it, so
+        with label smoothing ``x/0 = inf`` meets ``0/0 = nan``)."""
+        denom = self.denominator()
+        if isinstance(denom, float):
+            return value / denom if denom != 0.0 else value * float("nan")
+        return self.xp.where(denom == 0.0, float("nan"), value / denom)
 
     def upstream(self, grad_output: Any) -> Any:
         """Per-example weight ``g_i`` of the gradient of the reduced loss."""
@@ -233,7 +244,7 @@ class _Problem:
                 )
             g = xp.broadcast_to(xp.astype(go, self.dtype, copy=False), shape)
         if self.reduction == "mean":
-            g = g / self.denominator()
+            g = self.per_denominator(g)
         if self.ignored is not None:
             g = xp.where(self.ignored, 0.0, g)
         return g
@@ -359,7 +370,7 @@ def _loss_from_log_probs(p: _Problem, b: Any | None, b_y: Any | None) -> Any:
             b_y = gather_last(xp, b, p.y)
         loss = index_loss(xp, 0.0, b, b_y, p.w, p.w_y, p.label_smoothing)
     else:
-        loss = soft_loss(xp, 0.0, b, p.smoothed_weighted_target())
+        loss = soft_loss(xp, None, b, p.smoothed_weighted_target())
     return p.reduce(p.finish(loss))
 
 
@@ -602,7 +613,7 @@ def _softmax(
             grad = p.to_input_layout(dz)
             if out is not None:
                 grad = _write_out(xp, out, grad)
-    return result, lse, grad
+    return result, zero_dim(lse), grad
 
 
 def _check_out(p: _Problem, out: Any) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import zero_dim
+
 try:  # the extension is optional: an install without a compiler has none
     from . import _ckernels
 except ImportError:  # pragma: no cover - exercised by the no-extension CI job
@@ -273,7 +275,7 @@ def softmax_ce(
             if grad.base is None or not np.shares_memory(grad, out):
                 out[...] = dlogits  # out's rows were not addressable: copy once
             dlogits = out
-    return result, xp.reshape(lse, shape), dlogits
+    return result, zero_dim(xp.reshape(lse, shape)), dlogits
 
 
 def nll_rows(p: Any, probs: bool, clip: float) -> Any:

@@ -117,14 +117,15 @@ def index_loss(
     return loss
 
 
-def soft_loss(xp: Any, a: Any, b: Any, wq: Any) -> Any:
+def soft_loss(xp: Any, a: Any | None, b: Any, wq: Any) -> Any:
     """Per-example loss for probability targets: ``sum_c wq_c * (a - b_c)``.
 
-    ``wq`` is the (smoothed, class-weighted) target distribution. ``a * sum(wq)`` keeps a
-    NaN ``a`` (a NaN logit anywhere in the row) visible even where ``wq`` is all zero.
+    ``wq`` is the (smoothed, class-weighted) target distribution; ``a`` is None for
+    log-probabilities (``a = 0``). ``a * sum(wq)`` keeps a NaN ``a`` (a NaN logit anywhere
+    in the row) visible even where ``wq`` is all zero.
     """
     loss = xp.sum(zero_times_inf(xp, wq, -b), axis=-1)
-    if not isinstance(a, float):
+    if a is not None:
         loss = a * xp.sum(wq, axis=-1) + loss
     return loss
 
