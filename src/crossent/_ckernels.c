@@ -539,32 +539,20 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* Vectorised exp over a float32/float64 buffer: exposed so the tests can compare it with
+/* The elementary functions over a buffer: exposed so that the tests can compare them with
  * libm over every float32 input of interest. */
-MULTIVERSION static void exp_buf_f32(const float *x, float *out, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = exp_f32(x[i]);
-}
-MULTIVERSION static void exp_buf_f64(const double *x, double *out, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = exp_f64(x[i]);
-}
-MULTIVERSION static void expm1_buf_f32(const float *x, float *out, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = expm1_f32(x[i]);
-}
-MULTIVERSION static void log_buf_f32(const float *x, float *out, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = log_f32(x[i]);
-}
-MULTIVERSION static void log1p_buf_f32(const float *x, float *out, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = log1p_f32(x[i]);
-}
-MULTIVERSION static void log_buf_f64(const double *x, double *out, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = log_f64(x[i]);
-}
-MULTIVERSION static void log1p_buf_f64(const double *x, double *out, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = log1p_f64(x[i]);
-}
-MULTIVERSION static void tanh_buf_f32(const float *x, float *out, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = tanh_f32(x[i]);
-}
+#define ELEMENTWISE(NAME, T, F)                                                          \
+    MULTIVERSION static void NAME(const T *x, T *out, Py_ssize_t n) {                    \
+        for (Py_ssize_t i = 0; i < n; i++) out[i] = F(x[i]);                             \
+    }
+ELEMENTWISE(exp_buf_f32, float, exp_f32)
+ELEMENTWISE(exp_buf_f64, double, exp_f64)
+ELEMENTWISE(expm1_buf_f32, float, expm1_f32)
+ELEMENTWISE(tanh_buf_f32, float, tanh_f32)
+ELEMENTWISE(log_buf_f32, float, log_f32)
+ELEMENTWISE(log1p_buf_f32, float, log1p_f32)
+ELEMENTWISE(log_buf_f64, double, log_f64)
+ELEMENTWISE(log1p_buf_f64, double, log1p_f64)
 
 static PyObject *py_elementwise(PyObject *self, PyObject *args) {
     const char *name;

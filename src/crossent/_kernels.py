@@ -200,6 +200,42 @@ def launch(
     )
 
 
+class _Operands:
+    """A validated problem's arrays in the layout and dtypes the kernels take."""
+
+    def __init__(self, p: Any, code: int) -> None:
+        self.code = code
+        self.dtype = np.float64 if code == 1 else np.float32
+        self.rows = _rows(p.input, p.axis)
+        self.n_rows, self.n_classes = self.rows.shape
+        self.y = self.q = self.w = None
+        if p.kind == "index":
+            y = np.where(p.ignored, -1, p.y) if p.ignored is not None else p.y
+            self.y = np.ascontiguousarray(y, dtype=np.int64).reshape(-1)
+        else:
+            q = _rows(np.asarray(p.target, dtype=self.dtype), p.axis)
+            self.q = np.ascontiguousarray(q)  # contiguous rows of exactly C values
+        if p.w is not None:
+            self.w = np.ascontiguousarray(p.w, dtype=self.dtype)
+
+    @staticmethod
+    def of(p: Any) -> "_Operands | None":
+        """The operands, or None (noting the reference path) when the kernels do not fit."""
+        import array_api_compat
+
+        x = p.input
+        if available() and array_api_compat.is_numpy_array(x) and x.size:
+            code = storage_code(x.dtype.name)
+            if code is not None and np.dtype(p.dtype) == (np.float64 if code == 1 else np.float32):
+                return _Operands(p, code)
+        _note("reference")
+        return None
+
+    @staticmethod
+    def ptr(a: np.ndarray | None) -> int:
+        return 0 if a is None else a.ctypes.data
+
+
 def softmax_ce(
     p: Any, z_loss: float, softcap: float | None, with_grad: bool, grad_output: Any, out: Any = None
 ):
@@ -207,32 +243,12 @@ def softmax_ce(
 
     Returns ``(reduced loss, lse, dlogits or None)`` exactly like the reference path.
     """
-    import array_api_compat
-
-    x = p.input
-    if not available() or not array_api_compat.is_numpy_array(x):
-        _note("reference")
+    ops = _Operands.of(p)
+    if ops is None:
         return None
-    code = storage_code(x.dtype.name)
-    kernel_dtype = np.float64 if code == 1 else np.float32
-    if code is None or np.dtype(p.dtype) != kernel_dtype or x.size == 0:
-        _note("reference")
-        return None
-    xp = p.xp
-    rows = _rows(x, p.axis)
-    n_rows, n_classes = rows.shape
-    y = q = w = None
-    if p.kind == "index":
-        y = np.ascontiguousarray(np.where(p.ignored, -1, p.y) if p.ignored is not None else p.y,
-                                 dtype=np.int64).reshape(-1)
-    else:
-        q = _rows(np.asarray(p.target, dtype=kernel_dtype), p.axis)
-        if q.strides[0] != q.shape[1] * q.itemsize:
-            q = np.ascontiguousarray(q)
-    w_sum = float(n_classes)
-    if p.w is not None:
-        w = np.ascontiguousarray(p.w, dtype=kernel_dtype)
-        w_sum = float(np.sum(w, dtype=np.float64))
+    x, xp, kernel_dtype = p.input, p.xp, ops.dtype
+    rows, n_rows, n_classes = ops.rows, ops.n_rows, ops.n_classes
+    w_sum = float(n_classes) if ops.w is None else float(np.sum(ops.w, dtype=np.float64))
     loss = np.empty(n_rows, dtype=kernel_dtype)
     lse = np.empty(n_rows, dtype=kernel_dtype)
     g = grad = None
@@ -248,14 +264,14 @@ def softmax_ce(
         if grad is None:
             grad = np.empty((n_rows, n_classes), dtype=x.dtype)
     launch(
-        code,
+        ops.code,
         rows.ctypes.data,
         n_rows,
         n_classes,
         rows.strides[0] // rows.itemsize,
-        y_ptr=0 if y is None else y.ctypes.data,
-        q_ptr=0 if q is None else q.ctypes.data,
-        w_ptr=0 if w is None else w.ctypes.data,
+        y_ptr=ops.ptr(ops.y),
+        q_ptr=ops.ptr(ops.q),
+        w_ptr=ops.ptr(ops.w),
         w_sum=w_sum,
         label_smoothing=p.label_smoothing,
         z_loss=z_loss,
@@ -284,44 +300,27 @@ def nll_rows(p: Any, probs: bool, clip: float) -> Any:
     Returns the reduced loss, or None when the kernel does not fit (then, and when a value
     is out of range, the caller's reference path runs and raises the precise error).
     """
-    import array_api_compat
-
-    x = p.input
-    if not available() or not array_api_compat.is_numpy_array(x):
-        _note("reference")
+    ops = _Operands.of(p)
+    if ops is None:
         return None
-    code = storage_code(x.dtype.name)
-    kernel_dtype = np.float64 if code == 1 else np.float32
-    if code is None or np.dtype(p.dtype) != kernel_dtype or x.size == 0:
-        _note("reference")
-        return None
-    rows = _rows(x, p.axis)
-    n_rows, n_classes = rows.shape
-    y = q = w = None
-    if p.kind == "index":
-        y = np.where(p.ignored, -1, p.y) if p.ignored is not None else p.y
-        y = np.ascontiguousarray(y, dtype=np.int64).reshape(-1)
-    else:
-        q = np.ascontiguousarray(_rows(np.asarray(p.target, dtype=kernel_dtype), p.axis))
-    if p.w is not None:
-        w = np.ascontiguousarray(p.w, dtype=kernel_dtype)
-    loss = np.empty(n_rows, dtype=kernel_dtype)
+    rows = ops.rows
+    loss = np.empty(ops.n_rows, dtype=ops.dtype)
     bad = _ckernels.nll_rows(
-        code,
+        ops.code,
         rows.ctypes.data,
-        n_rows,
-        n_classes,
+        ops.n_rows,
+        ops.n_classes,
         rows.strides[0] // rows.itemsize,
         int(probs),
         float(clip),
-        0 if y is None else y.ctypes.data,
-        0 if q is None else q.ctypes.data,
-        0 if w is None else w.ctypes.data,
+        ops.ptr(ops.y),
+        ops.ptr(ops.q),
+        ops.ptr(ops.w),
         p.label_smoothing,
         loss.ctypes.data,
-        _threads(n_rows * n_classes),
+        _threads(ops.n_rows * ops.n_classes),
     )
     if bad >= 0:
         return None
-    _note(f"kernel ({x.dtype.name})")
+    _note(f"kernel ({p.input.dtype.name})")
     return p.reduce(p.xp.reshape(loss, p.example_shape))
