@@ -522,6 +522,10 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "need class indices or soft targets");
         return NULL;
     }
+    if (!lse_in && (!loss || !lse)) {
+        PyErr_SetString(PyExc_ValueError, "the forward pass needs loss and lse buffers");
+        return NULL;
+    }
     pb.x = (const char *)(uintptr_t)x;
     pb.y = (const int64_t *)(uintptr_t)y;
     pb.q = (const char *)(uintptr_t)q;

@@ -33,7 +33,7 @@ static inline T FINISH(const Problem *pb, Py_ssize_t r, T m, T lse_s, T sw, T sw
     const T qeps = eps / (T)pb->n_cols, qkeep = 1 - eps;
     const T lse = m + lse_s;
     T loss = 0, coef = 0;
-    ((T *)pb->lse)[r] = lse;
+    if (pb->lse) ((T *)pb->lse)[r] = lse; /* NULL in backward-only (lse_in) mode */
     if (soft) {
         loss = lse_s * sw + swz;
         if (zl > 0) loss += zl * (lse * lse);
@@ -52,7 +52,7 @@ static inline T FINISH(const Problem *pb, Py_ssize_t r, T m, T lse_s, T sw, T sw
         coef = qkeep * w_y + qeps * w_sum;
         if (zl > 0) coef += 2 * zl * w_y * lse;
     }
-    ((T *)pb->loss)[r] = loss;
+    if (pb->loss) ((T *)pb->loss)[r] = loss;
     return coef;
 }
 

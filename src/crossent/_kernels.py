@@ -152,8 +152,8 @@ def launch(
     n_cols: int,
     row_stride: int,
     *,
-    loss_ptr: int,
-    lse_ptr: int,
+    loss_ptr: int = 0,
+    lse_ptr: int = 0,
     y_ptr: int = 0,
     q_ptr: int = 0,
     w_ptr: int = 0,
@@ -174,7 +174,8 @@ def launch(
     indices, -1 for ignored rows; or ``q``: soft targets, contiguous rows in the compute
     dtype (float64 for float64 storage, else float32), as are ``w``, the per-row upstream
     gradient ``g`` and the outputs ``loss`` and ``lse``. With ``lse_in`` (the forward pass's
-    lse) only the gradient is computed, in one read of ``x`` and one write of the gradient.
+    lse) only the gradient is computed, in one read of ``x`` and one write of the gradient;
+    ``loss`` and ``lse`` may then be 0 (not written).
     The caller validates everything: the kernel trusts its arguments.
     """
     _ckernels.softmax_ce(
