@@ -26,7 +26,7 @@
 
 /* The per-row epilogue: loss and lse from the row statistics; returns the gradient's
  * softmax coefficient (A in crossent._reference.softmax_grad_index). */
-static inline T FINISH(const Problem *pb, Py_ssize_t r, T m, T lse_s, T sw, T swz, T z_y,
+INLINE T FINISH(const Problem *pb, Py_ssize_t r, T m, T lse_s, T sw, T swz, T z_y,
                        T w_y, int ignored) {
     const int soft = pb->q != NULL;
     const T eps = (T)pb->label_smoothing, zl = (T)pb->z_loss, w_sum = (T)pb->w_sum;
@@ -58,7 +58,7 @@ static inline T FINISH(const Problem *pb, Py_ssize_t r, T m, T lse_s, T sw, T sw
 
 /* The gradient's target entry: p_y - 1 = expm1(s_y - lse_s), exact for a confident row
  * where p_y rounds to 1 (Liger PR #1329's catastrophic cancellation). */
-static inline T GRAD_TARGET(const Problem *pb, T s_y, T lse_s, T w_y, T coef, T gr) {
+INLINE T GRAD_TARGET(const Problem *pb, T s_y, T lse_s, T w_y, T coef, T gr) {
     const T eps = (T)pb->label_smoothing;
     const T qeps = eps / (T)pb->n_cols, qkeep = 1 - eps;
     T p_y = EXP(s_y - lse_s);
@@ -202,8 +202,17 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
     const size_t esz = elsize(pb->dtype);
     for (Py_ssize_t r = r0; r < r1; r += TILE) {
         const int nb = (int)(r1 - r < TILE ? r1 - r : TILE);
-        /* transpose the tile in: zbuf[c * TILE + b] = z[r + b][c]; idle lanes get 0 */
-        for (int b = 0; b < TILE; b++) {
+        /* transpose the tile in: zbuf[c * TILE + b] = z[r + b][c]; idle lanes get 0.
+           A full tile is read column by column, one vector gather per column. */
+        if (nb == TILE) {
+            const char *x0 = pb->x + (size_t)r * pb->row_stride * esz;
+            const Py_ssize_t stride = pb->row_stride;
+            for (Py_ssize_t c = 0; c < C; c++) {
+#pragma omp simd
+                for (int b = 0; b < TILE; b++)
+                    zbuf[c * TILE + b] = LOAD(x0 + (size_t)b * stride * esz, c);
+            }
+        } else for (int b = 0; b < TILE; b++) {
             if (b < nb) {
                 const char *xrow = pb->x + (size_t)(r + b) * pb->row_stride * esz;
                 for (Py_ssize_t c = 0; c < C; c++) zbuf[c * TILE + b] = LOAD(xrow, c);
@@ -265,11 +274,23 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         T coef[TILE], lse_s[TILE], gr[TILE];
 #pragma omp simd
         for (int b = 0; b < TILE; b++) lse_s[b] = lse_in ? 0 : LOG1P(rest[b] + (top[b] - 1));
+        T z_y[TILE], w_y[TILE];
+        int ign[TILE];
+        for (int b = 0; b < TILE; b++) {
+            ign[b] = !soft && yi[b] < 0;
+            z_y[b] = (soft || ign[b]) ? 0 : zbuf[yi[b] * TILE + b];
+            w_y[b] = (soft || ign[b] || !w) ? 1 : w[yi[b]];
+        }
+        if (nb == TILE) {
+#pragma omp simd
+            for (int b = 0; b < TILE; b++)
+                coef[b] = FINISH(pb, r + b, m[b], lse_s[b], sw[b], swz[b], z_y[b], w_y[b], ign[b]);
+        } else {
+            for (int b = 0; b < nb; b++)
+                coef[b] = FINISH(pb, r + b, m[b], lse_s[b], sw[b], swz[b], z_y[b], w_y[b], ign[b]);
+        }
         for (int b = 0; b < nb; b++) {
-            const int ignored = !soft && yi[b] < 0;
-            const T z_y = (soft || ignored) ? 0 : zbuf[yi[b] * TILE + b];
-            const T w_y = (soft || ignored || !w) ? 1 : w[yi[b]];
-            coef[b] = FINISH(pb, r + b, m[b], lse_s[b], sw[b], swz[b], z_y, w_y, ignored);
+            const int ignored = ign[b];
             gr[b] = want_grad && !ignored ? ((const T *)pb->g)[r + b] : 0;
         }
         if (!want_grad) continue;
