@@ -25,12 +25,11 @@ from ._errors import InvalidDTypeError, InvalidOptionError, ShapeMismatchError
 from ._reference import (
     gather_last,
     index_loss,
-    shifted_logsumexp,
     soft_loss,
     softcap_logits,
     softmax_grad_index,
     softmax_grad_soft,
-    zero_times_inf,
+    softmax_loss,
 )
 from ._validation import (
     ValueGuard,
@@ -585,20 +584,8 @@ def _softmax(
         if fused is not None:
             return fused
         z = softcap_logits(xp, p.x, cap)
-        s, lse_s, m = shifted_logsumexp(xp, z)
-        lse = m + lse_s
-        wq = None
-        if p.kind == "index":
-            s_y = gather_last(xp, s, p.y)
-            loss = index_loss(xp, lse_s, s if eps > 0.0 else None, s_y, p.w, p.w_y, eps)
-            if zl:
-                lse2 = lse * lse
-                loss = loss + zl * (lse2 if p.w_y is None else zero_times_inf(xp, p.w_y, lse2))
-        else:
-            wq = p.smoothed_weighted_target()
-            loss = soft_loss(xp, lse_s, s, wq)
-            if zl:
-                loss = loss + zl * (lse * lse)
+        wq = p.smoothed_weighted_target() if p.kind == "soft" else None
+        loss, lse, s, lse_s = softmax_loss(xp, z, p.y, p.w, p.w_y, wq, eps, zl)
         result = p.reduce(p.finish(loss))
         grad = None
         if with_grad:

@@ -328,6 +328,22 @@ typedef struct {
  * (lse = m + log1p(rest + (top - 1)), as crossent._reference does); pass 3 writes the
  * gradient from the exponentials pass 2 left in `ebuf`.
  */
+/* Compensated (Neumaier) sum in double of per-block partial sums. */
+typedef struct {
+    double s, c;
+} Sum;
+INLINE void sum_add(Sum *a, double x) {
+    double t = a->s + x;
+    if (fabs(a->s) >= fabs(x)) a->c += (a->s - t) + x;
+    else a->c += (x - t) + a->s;
+    a->s = t;
+}
+INLINE double sum_value(const Sum *a) {
+    /* inf/NaN: the compensation is meaningless (inf - inf), the plain sum is right */
+    return isfinite(a->s) ? a->s + a->c : a->s;
+}
+#define SUM_BLOCK 128 /* terms per vectorised partial sum */
+
 #define TILE 16   /* rows per tile in the small-C kernels: one vector lane per row */
 #define SMALL_C 32 /* up to this many classes a row is processed as a lane of a tile */
 

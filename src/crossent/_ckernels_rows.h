@@ -36,7 +36,7 @@ INLINE T FINISH(const Problem *pb, Py_ssize_t r, T m, T lse_s, T sw, T swz, T z_
     if (pb->lse) ((T *)pb->lse)[r] = lse; /* NULL in backward-only (lse_in) mode */
     if (soft) {
         loss = lse_s * sw + swz;
-        if (zl > 0) loss += zl * (lse * lse);
+        if (zl > 0) loss += (zl * lse) * lse; /* not lse * lse: it overflows first */
         coef = zl > 0 ? sw + 2 * zl * lse : sw;
     } else if (!ignored) {
         if (eps < 1) {
@@ -46,8 +46,8 @@ INLINE T FINISH(const Problem *pb, Py_ssize_t r, T m, T lse_s, T sw, T swz, T z_
         }
         if (eps > 0) loss += qeps * (w_sum * lse_s + swz);
         if (zl > 0) {
-            T l2 = lse * lse;
-            loss += zl * ((w_y == 0 && l2 == INFINITY) ? 0 : w_y * l2);
+            T zt = (zl * lse) * lse;
+            loss += (w_y == 0 && zt == INFINITY) ? 0 : w_y * zt;
         }
         coef = qkeep * w_y + qeps * w_sum;
         if (zl > 0) coef += 2 * zl * w_y * lse;
@@ -106,53 +106,73 @@ MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
             /* the inf-safe shift: an infinite (or, with NaN, any) maximum shifts by 0 */
             if (!isfinite(m) || any_nan) m = 0;
         }
-        /* pass 2: sum of exp(z - m) without the maximal terms (each exactly 1) */
-        T rest = 0, top = 0;
-        if (want_grad) {
-#pragma omp simd reduction(+ : rest, top)
-            for (Py_ssize_t c = 0; c < C; c++) {
-                T s = z[c] - m;
-                T e = EXP(s);
-                ebuf[c] = e;
-                rest += s == 0 ? 0 : e;
-                top += s == 0 ? 1 : 0;
+        /* pass 2: sum of exp(z - m) without the maximal terms (each exactly 1). Sums run in
+           blocks of SUM_BLOCK (vector lanes, a few terms each), the block sums added in
+           double with Neumaier's compensation: the error stays near a few ulps for any C,
+           where one running sum per lane would grow with C (1e-4 at C = 32000). */
+        Sum rest = {0, 0}, top = {0, 0}, sw = {0, 0}, swz = {0, 0};
+        for (Py_ssize_t c0 = 0; c0 < C; c0 += SUM_BLOCK) {
+            const Py_ssize_t c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
+            T br = 0, bt = 0;
+            if (want_grad) {
+#pragma omp simd reduction(+ : br, bt)
+                for (Py_ssize_t c = c0; c < c1; c++) {
+                    T s = z[c] - m;
+                    T e = EXP(s);
+                    ebuf[c] = e;
+                    br += s == 0 ? 0 : e;
+                    bt += s == 0 ? 1 : 0;
+                }
+            } else {
+#pragma omp simd reduction(+ : br, bt)
+                for (Py_ssize_t c = c0; c < c1; c++) {
+                    T s = z[c] - m;
+                    T e = EXP(s);
+                    br += s == 0 ? 0 : e;
+                    bt += s == 0 ? 1 : 0;
+                }
             }
-        } else {
-#pragma omp simd reduction(+ : rest, top)
-            for (Py_ssize_t c = 0; c < C; c++) {
-                T s = z[c] - m;
-                T e = EXP(s);
-                rest += s == 0 ? 0 : e;
-                top += s == 0 ? 1 : 0;
-            }
+            sum_add(&rest, br);
+            sum_add(&top, bt);
         }
         const T *restrict qrow = soft ? (const T *)pb->q + (size_t)r * C : NULL;
         const int64_t yi = soft ? 0 : pb->y[r];
         const int ignored = !soft && yi < 0;
         /* sum_c a_c (m - z_c) and sum_c a_c, a = w q' (soft) or w (smoothing); 0 * inf = 0 */
-        T sw = 0, swz = 0;
-        if (soft) {
-#pragma omp simd reduction(+ : sw, swz)
-            for (Py_ssize_t c = 0; c < C; c++) {
-                T a = qkeep * qrow[c] + qeps;
-                if (w) a = a * w[c];
-                T d = m - z[c];
-                swz += (a == 0 && d == INFINITY) ? 0 : a * d;
-                sw += a;
-            }
-        } else if (eps > 0 && !ignored) {
-#pragma omp simd reduction(+ : swz)
-            for (Py_ssize_t c = 0; c < C; c++) {
-                T a = w ? w[c] : 1;
-                T d = m - z[c];
-                swz += (a == 0 && d == INFINITY) ? 0 : a * d;
+        if (soft || (eps > 0 && !ignored)) {
+            for (Py_ssize_t c0 = 0; c0 < C; c0 += SUM_BLOCK) {
+                const Py_ssize_t c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
+                T bw = 0, bwz = 0;
+                /* one loop per case: a branch inside keeps GCC from vectorising, and a
+                   scalar running sum of C terms is biased by up to C/2 ulps */
+#define WSUM_LOOP(A_EXPR)                                                                \
+    _Pragma("omp simd reduction(+ : bw, bwz)")                                           \
+    for (Py_ssize_t c = c0; c < c1; c++) {                                               \
+        T a = (A_EXPR);                                                                  \
+        T d = m - z[c];                                                                  \
+        bwz += (a == 0 && (d == INFINITY || d == -INFINITY)) ? 0 : a * d;                \
+        bw += a;                                                                         \
+    }
+                if (soft && w) {
+                    WSUM_LOOP((qkeep * qrow[c] + qeps) * w[c])
+                } else if (soft) {
+                    WSUM_LOOP(qkeep * qrow[c] + qeps)
+                } else if (w) {
+                    WSUM_LOOP(w[c])
+                } else {
+                    WSUM_LOOP((T)1)
+                }
+#undef WSUM_LOOP
+                sum_add(&sw, bw);
+                sum_add(&swz, bwz);
             }
         }
         const T z_y = (soft || ignored) ? 0 : z[yi];
         const T w_y = (soft || ignored || !w) ? 1 : w[yi];
         /* the maximal terms kept out of the sum */
-        const T lse_s = lse_in ? 0 : LOG1P(rest + (top - 1));
-        const T coef = FINISH(pb, r, m, lse_s, sw, swz, z_y, w_y, ignored);
+        const T lse_s = lse_in ? 0 : LOG1P((T)(sum_value(&rest) + (sum_value(&top) - 1)));
+        const T coef = FINISH(pb, r, m, lse_s, (T)sum_value(&sw), (T)sum_value(&swz), z_y, w_y,
+                              ignored);
         if (!want_grad) continue;
         /* pass 3: the gradient, from the exponentials in ebuf */
         char *grow = pb->grad + (size_t)r * pb->grad_stride * esz;
@@ -266,7 +286,7 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                 for (int b = 0; b < TILE; b++) {
                     T a = soft ? (qkeep * qc[b] + qeps) * wc : wc;
                     T d = m[b] - zbuf[c * TILE + b];
-                    swz[b] += (a == 0 && d == INFINITY) ? 0 : a * d;
+                    swz[b] += (a == 0 && (d == INFINITY || d == -INFINITY)) ? 0 : a * d;
                     sw[b] += a;
                 }
             }
@@ -357,25 +377,38 @@ MULTIVERSION static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t
             ((T *)pb->loss)[r] = 0;
             continue;
         }
-        T acc = 0;
+        Sum acc_sum = {0, 0};
         int bad = 0;
-#pragma omp simd reduction(+ : acc) reduction(| : bad)
-        for (Py_ssize_t c = 0; c < C; c++) {
-            T v = LOAD(xrow, c);
-            T lv;
-            if (probs) {
-                bad |= (v < 0) | (v > 1);
-                T vc = clip ? (v < lo ? lo : (v > hi ? hi : v)) : v;
-                lv = LOG(vc);
+        /* one branch-free loop per case (see WSUM_LOOP): -log p and the class coefficient */
+#define NLL_LOOP(BAD_EXPR, NEGLOG_EXPR, A_EXPR)                                          \
+    _Pragma("omp simd reduction(+ : acc) reduction(| : bad)")                            \
+    for (Py_ssize_t c = c0; c < c1; c++) {                                               \
+        T v = LOAD(xrow, c);                                                             \
+        bad |= (BAD_EXPR);                                                               \
+        T d = (NEGLOG_EXPR);                                                             \
+        T a = (A_EXPR);                                                                  \
+        acc += (a == 0 && (d == INFINITY || d == -INFINITY)) ? 0 : a * d;                \
+    }
+#define NLL_BY_A(BAD_EXPR, NEGLOG_EXPR)                                                  \
+    if (soft && w) { NLL_LOOP(BAD_EXPR, NEGLOG_EXPR, (qkeep * qrow[c] + qeps) * w[c]) }  \
+    else if (soft) { NLL_LOOP(BAD_EXPR, NEGLOG_EXPR, qkeep * qrow[c] + qeps) }           \
+    else if (w) { NLL_LOOP(BAD_EXPR, NEGLOG_EXPR, w[c]) }                                \
+    else { NLL_LOOP(BAD_EXPR, NEGLOG_EXPR, (T)1) }
+        for (Py_ssize_t c0 = 0; c0 < C; c0 += SUM_BLOCK) {
+            const Py_ssize_t c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
+            T acc = 0;
+            if (probs && clip) {
+                NLL_BY_A((v < 0) | (v > 1), -LOG(v < lo ? lo : (v > hi ? hi : v)))
+            } else if (probs) {
+                NLL_BY_A((v < 0) | (v > 1), -LOG(v))
             } else {
-                bad |= v > 0;
-                lv = v;
+                NLL_BY_A(v > 0, -v)
             }
-            T a = soft ? qkeep * qrow[c] + qeps : 1;
-            if (w) a = a * w[c];
-            T d = -lv;
-            acc += (a == 0 && d == INFINITY) ? 0 : a * d;
+            sum_add(&acc_sum, acc);
         }
+#undef NLL_BY_A
+#undef NLL_LOOP
+        const T acc = (T)sum_value(&acc_sum);
         if (bad && *first_bad < 0) *first_bad = r;
         T loss;
         if (soft) {

@@ -32,8 +32,10 @@ __all__ = [
     "shifted_logsumexp",
     "gather_last",
     "zero_times_inf",
+    "z_loss_term",
     "index_loss",
     "soft_loss",
+    "softmax_loss",
     "softmax_grad_index",
     "softmax_grad_soft",
 ]
@@ -81,8 +83,16 @@ def _device(a: Any) -> Any:
 
 
 def zero_times_inf(xp: Any, coef: Any, neg: Any) -> Any:
-    """``coef * neg`` with ``0 * inf = 0`` (``neg >= 0`` is a negative log-probability)."""
-    return xp.where(xp.logical_and(coef == 0.0, neg == float("inf")), 0.0, coef * neg)
+    """``coef * neg`` with ``0 * (±inf) = 0``: a class with zero target weight contributes
+    nothing, also where its logit is ``-inf`` (masked) or ``+inf`` (a row shifted by 0)."""
+    return xp.where(xp.logical_and(coef == 0.0, xp.isinf(neg)), 0.0, coef * neg)
+
+
+def z_loss_term(xp: Any, z_loss: float, lse: Any, w_y: Any | None) -> Any:
+    """``z_loss * w_y * lse**2``, as ``(z_loss * lse) * lse`` so that it overflows only
+    where the result does (``lse**2`` alone overflows for ``lse > 1.8e19`` in float32)."""
+    term = (z_loss * lse) * lse
+    return term if w_y is None else zero_times_inf(xp, w_y, term)
 
 
 def index_loss(
@@ -128,6 +138,37 @@ def soft_loss(xp: Any, a: Any | None, b: Any, wq: Any) -> Any:
     if a is not None:
         loss = a * xp.sum(wq, axis=-1) + loss
     return loss
+
+
+def softmax_loss(
+    xp: Any,
+    z: Any,
+    y: Any | None,
+    w: Any | None,
+    w_y: Any | None,
+    wq: Any | None,
+    label_smoothing: float,
+    z_loss: float,
+) -> tuple[Any, Any, Any, Any]:
+    """Per-example loss of (capped) logits ``z``, class axis last: ``(loss, lse, s, lse_s)``.
+
+    Class-index targets ``y`` (with class weights ``w``, ``w_y``), or probability targets
+    given as ``wq`` (smoothed and class-weighted, ``y`` None). Ignored examples are not
+    masked here: the caller zeroes them.
+    """
+    s, lse_s, m = shifted_logsumexp(xp, z)
+    lse = m + lse_s
+    if wq is None:
+        s_y = gather_last(xp, s, y)
+        loss = index_loss(xp, lse_s, s if label_smoothing > 0.0 else None, s_y, w, w_y,
+                          label_smoothing)
+        if z_loss:
+            loss = loss + z_loss_term(xp, z_loss, lse, w_y)
+    else:
+        loss = soft_loss(xp, lse_s, s, wq)
+        if z_loss:
+            loss = loss + z_loss_term(xp, z_loss, lse, None)
+    return loss, lse, s, lse_s
 
 
 def softmax_grad_index(
