@@ -292,8 +292,12 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
             }
         }
         T coef[TILE], lse_s[TILE], gr[TILE];
+        if (lse_in) {
+            for (int b = 0; b < TILE; b++) lse_s[b] = 0;
+        } else {
 #pragma omp simd
-        for (int b = 0; b < TILE; b++) lse_s[b] = lse_in ? 0 : LOG1P(rest[b] + (top[b] - 1));
+            for (int b = 0; b < TILE; b++) lse_s[b] = LOG1P(rest[b] + (top[b] - 1));
+        }
         T z_y[TILE], w_y[TILE];
         int ign[TILE];
         for (int b = 0; b < TILE; b++) {
