@@ -38,6 +38,15 @@ from ._kernels import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):  # PEP 562: submodules with optional dependencies, on demand
+    if name in ("metrics", "torch"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'crossent' has no attribute {name!r}")
+
+
 __all__ = [
     "cross_entropy",
     "nll_loss",

@@ -1,4 +1,10 @@
-"""``python -m crossent`` / ``crossent``: the textbook example and its logits counterpart."""
+"""``python -m crossent`` / ``crossent``: the command line.
+
+- ``crossent`` (no subcommand) or ``crossent demo``: the textbook example and its logits
+  counterpart;
+- ``crossent eval PREDICTIONS [--labels LABELS] [options]``: score a predictions file
+  (see ``crossent eval --help``; ``crossent eval --example`` scores the shipped examples).
+"""
 
 from __future__ import annotations
 
@@ -32,16 +38,39 @@ def demo() -> str:
             f"{float(softmax_cross_entropy(logits, y, reduction='mean')):.8f}",
             f"  label_smoothing=0.1                       -> "
             f"{softmax_cross_entropy(logits, y, label_smoothing=0.1)}",
+            "",
+            "Score a predictions file: crossent eval PREDICTIONS --labels LABELS "
+            "(try: crossent eval --example)",
         ]
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``crossent`` parser: subcommands ``eval`` and ``demo`` (the default)."""
+    from ._eval import cli
+
     parser = argparse.ArgumentParser(
-        prog="crossent", description="Cross-entropy loss, exact, for any array library."
+        prog="crossent", description="Cross-entropy loss, exact, for any array library.",
+        epilog="Run without a command to see the textbook example.",
     )
     parser.add_argument("--version", action="version", version=f"crossent {__version__}")
-    parser.parse_args(argv)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("demo", help="the textbook example (the default)")
+    cli.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 bad input, 2 usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help / --version (0) or a usage error (2)
+        return int(e.code or 0)
+    if args.command == "eval":
+        from ._eval import cli
+
+        return cli.run_guarded(args, "crossent eval")
     print(demo())
     return 0
 
