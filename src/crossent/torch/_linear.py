@@ -14,10 +14,11 @@ label-smoothing sums) that merge exactly across vocabulary tiles or across ranks
 gradient of a block needs only the merged statistics.
 
 Numerics follow crossent's conventions (:mod:`crossent._reference`): every log-sum-exp is
-``m + log1p(sum_{k != argmax} exp(z_k - m))`` (merged across blocks without cancellation),
-smoothing sums add non-negative terms only, the target entry of the gradient uses
-``expm1``, and everything is accumulated in float32 (float64 for float64 inputs) whatever
-the input precision.
+``m + log1p(sum_{k != argmax} exp(z_k - m))`` (merged across blocks without cancellation;
+within one block holding all classes, ``-log p_y = log1p(sum_{k != y} p_k / p_y)``, as
+precise), smoothing sums add non-negative terms only, the target entry of the gradient
+uses ``expm1``, and everything is accumulated in float32 (float64 for float64 inputs)
+whatever the input precision.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ from .._validation import (
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 
 # Memory plan: one (rows, V) logits chunk in the weight's dtype, of at most N/_MIN_CHUNKS
-# rows (but at least _MIN_ROWS) and at most _LOGITS_BUDGET bytes, and float32 work blocks
-# (for half-precision weights and for softcap) of at most _WORK_BUDGET bytes each.
+# rows (but at least _MIN_ROWS) and at most _LOGITS_BUDGET bytes (big matmuls). The
+# elementwise passes run on cache-sized blocks of its rows, of at most _WORK_BUDGET bytes
+# in float32 (in place, or a float32 copy for half precision; softcap keeps a second).
 _LOGITS_BUDGET = 256 << 20
-_WORK_BUDGET = 32 << 20
+_WORK_BUDGET = 4 << 20
 _MIN_ROWS = 16
 _MIN_CHUNKS = 8
 # The gradient of a half-precision weight: each row chunk's product is summed in float32
@@ -518,7 +520,6 @@ def _plan(
     vp = v if v_plan is None else v_plan
     isz = torch.empty((), dtype=w_dtype).element_size()
     half = w_dtype != cfg.cdt
-    need_work = half or cfg.cap is not None
     n1 = max(n, 1)
     if isinstance(chunk_size, tuple):
         rows, tile = chunk_size
@@ -534,10 +535,8 @@ def _plan(
     rows = max(1, min(rows, n1))
     if tile < vp:
         sub = rows  # tiles are processed whole
-    elif need_work:
+    else:  # cache-sized blocks for the elementwise passes (also in place, float32)
         sub = max(1, min(rows, _WORK_BUDGET // max(1, tile * 4)))
-    else:
-        sub = rows
     exact_dw = half and acc_policy in ("accurate", "balanced")
     if acc_policy == "compact":
         fp32_dw = False
@@ -1216,7 +1215,7 @@ def linear_cross_entropy(
         logits are computed twice: once for the log-sum-exp, once for the gradients).
         Default: N/8 rows (at least 16), fewer if one chunk of logits would take more
         than 256 MiB; the vocabulary is tiled only when even 16 full rows would not fit.
-        Half precision and softcap add float32 work blocks of at most 32 MiB.
+        Half precision and softcap add float32 work blocks of at most 4 MiB.
     options : torch.nn.LinearCrossEntropyOptions, optional
         Accepted for drop-in compatibility (chunking is always on): ``batch_chunk_size``
         is used as ``chunk_size``, and ``acc_policy`` chooses how the gradient of a
