@@ -16,7 +16,7 @@ else:
     # -fno-math-errno / -fno-trapping-math only drop errno and FP-trap side effects.
     # -fopenmp-simd honours the kernels' `omp simd reduction` pragmas (vectorised sums in
     # a fixed, documented order) without linking an OpenMP runtime.
-    flags = ["-O3", "-std=c11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-Wall"]
+    flags = ["-O3", "-std=c11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-Wall", "-Wno-psabi"]
 
 setup(
     ext_modules=[

@@ -23,17 +23,21 @@
 #define FINISH CAT(row_finish, SUFFIX)
 #define GRAD_TARGET CAT(grad_target, SUFFIX)
 #define NLLROWS CAT(nll_rows, SUFFIX)
+#define BLOCK_STATS CAT(block_stats, SUFFIX)
+#define BLOCK_EXPSUM CAT(block_expsum, SUFFIX)
+#define ROW_EXPSUM CAT(row_expsum, SUFFIX)
+#define VEXP_ANY CAT(vexp_any, SUFFIX)
 
 /* The per-row epilogue: loss and lse from the row statistics; returns the gradient's
  * softmax coefficient (A in crossent._reference.softmax_grad_index). */
-INLINE T FINISH(const Problem *pb, Py_ssize_t r, T m, T lse_s, T sw, T swz, T z_y,
-                       T w_y, int ignored) {
+INLINE T FINISH(const Problem *pb, T m, T lse_s, T sw, T swz, T z_y, T w_y, int ignored,
+                T *loss_out, T *lse_out) {
     const int soft = pb->q != NULL;
     const T eps = (T)pb->label_smoothing, zl = (T)pb->z_loss, w_sum = (T)pb->w_sum;
     const T qeps = eps / (T)pb->n_cols, qkeep = 1 - eps;
     const T lse = m + lse_s;
     T loss = 0, coef = 0;
-    if (pb->lse) ((T *)pb->lse)[r] = lse; /* NULL in backward-only (lse_in) mode */
+    *lse_out = lse;
     if (soft) {
         loss = lse_s * sw + swz;
         if (zl > 0) loss += (zl * lse) * lse; /* not lse * lse: it overflows first */
@@ -52,7 +56,7 @@ INLINE T FINISH(const Problem *pb, Py_ssize_t r, T m, T lse_s, T sw, T swz, T z_
         coef = qkeep * w_y + qeps * w_sum;
         if (zl > 0) coef += 2 * zl * w_y * lse;
     }
-    if (pb->loss) ((T *)pb->loss)[r] = loss;
+    *loss_out = loss;
     return coef;
 }
 
@@ -65,20 +69,132 @@ INLINE T GRAD_TARGET(const Problem *pb, T s_y, T lse_s, T w_y, T coef, T gr) {
     return gr * (qkeep * w_y * EXPM1(s_y - lse_s) + p_y * (coef - qkeep * w_y) - qeps * w_y);
 }
 
+/* Pass 1 over one block of a row: its maximum (NaN ignored: a NaN reaches the sum
+ * through exp and makes the row's loss NaN) and its least finite value (the block may use
+ * the fast exp when every finite s = z - m is above FAST_EXP_MIN). */
+INLINE void BLOCK_STATS(const char *src, const int from_t, Py_ssize_t c0, Py_ssize_t c1,
+                        T *bmax, T *bmin) {
+    const VT ninf = (VT){0} - (T)INFINITY, pinf = (VT){0} + (T)INFINITY;
+    VT vmax = ninf, vmin = pinf;
+    Py_ssize_t c = c0;
+    for (; c + VL <= c1; c += VL) {
+        VT v = from_t ? VLOADT(src, c) : VLOADX(src, c);
+        vmax = SEL(v > vmax, v, vmax);
+        VT f = SEL(v > ninf, v, pinf);
+        vmin = SEL(f < vmin, f, vmin);
+    }
+    if (c < c1) {
+        const int n = (int)(c1 - c);
+        VT v = from_t ? VLOADT_tail(src, c, n, -(T)INFINITY) : VLOADX_tail(src, c, n, -(T)INFINITY);
+        vmax = SEL(v > vmax, v, vmax);
+        VT f = SEL(v > ninf, v, pinf);
+        vmin = SEL(f < vmin, f, vmin);
+    }
+    *bmax = HMAX(vmax);
+    *bmin = HMIN(vmin);
+}
+
+/* exp lane by lane with the general EXP (any s: +inf, NaN, deep underflow) */
+INLINE VT VEXP_ANY(VT s) {
+    T t[VL];
+    memcpy(t, &s, sizeof s);
+    for (int j = 0; j < VL; j++) t[j] = EXP(t[j]);
+    memcpy(&s, t, sizeof s);
+    return s;
+}
+
+/* Pass 2 over one block: exp(z - m) into ebuf (if want_e) and summed; with split, the
+ * maximal terms (s == 0, each exactly 1) are counted in top instead of summed, so that a
+ * confident row's small rest keeps its precision (lse = m + log1p(rest + top - 1)). Only
+ * the block(s) holding the row maximum need the split. The constant flags specialise the
+ * loop at each call site (always inline). */
+INLINE void BLOCK_EXPSUM(const char *src, const int from_t, Py_ssize_t c0, Py_ssize_t c1,
+                         T m, const int fast, const int split, const int want_e,
+                         T *restrict ebuf, vf64 rest[2], VT *top) {
+    const VT vm = (VT){0} + m, zero = {0}, one = (VT){0} + 1;
+    VT br = zero, bt = zero;
+    Py_ssize_t c = c0;
+#define EXPSUM_STEP(V, STORE_E)                                                          \
+    {                                                                                    \
+        VT s = (V) - vm;                                                                 \
+        VT e = fast ? VEXPNEG(s) : VEXP_ANY(s);                                          \
+        if (want_e) STORE_E;                                                             \
+        if (split) {                                                                     \
+            VI is_top = s == zero;                                                       \
+            br += SEL(is_top, zero, e);                                                  \
+            bt += SEL(is_top, one, zero);                                                \
+        } else {                                                                         \
+            br += e;                                                                     \
+        }                                                                                \
+    }
+    for (; c + VL <= c1; c += VL)
+        EXPSUM_STEP(from_t ? VLOADT(src, c) : VLOADX(src, c), memcpy(ebuf + c, &e, sizeof e))
+    if (c < c1) {
+        const int n = (int)(c1 - c);
+        EXPSUM_STEP(from_t ? VLOADT_tail(src, c, n, -(T)INFINITY)
+                           : VLOADX_tail(src, c, n, -(T)INFINITY),
+                    memcpy(ebuf + c, &e, (size_t)n * sizeof(T)))
+    }
+#undef EXPSUM_STEP
+    WIDEN_ADD(rest, br);
+    *top += bt;
+}
+
+/* Passes 1 and 2 over a row: the shift m (the maximum, or the saved lse), the sum of the
+ * non-maximal exponentials (rest) and the number of maximal terms (top). `stats` holds two
+ * values per block of SUM_BLOCK. A row whose maximum is not finite (+inf, all -inf, all
+ * NaN) shifts by 0, as crossent._reference does, and uses the general exp. */
+INLINE void ROW_EXPSUM(const char *src, const int from_t, Py_ssize_t C, const T *lse_in_r,
+                       const int want_e, T *restrict ebuf, T *restrict stats, T *m_out,
+                       double *rest_out, double *top_out) {
+    const Py_ssize_t nb = (C + SUM_BLOCK - 1) / SUM_BLOCK;
+    T m = -INFINITY;
+    for (Py_ssize_t k = 0; k < nb; k++) {
+        const Py_ssize_t c0 = k * SUM_BLOCK, c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
+        BLOCK_STATS(src, from_t, c0, c1, &stats[2 * k], &stats[2 * k + 1]);
+        m = stats[2 * k] > m ? stats[2 * k] : m;
+    }
+    const int finite = isfinite(m);
+    const T row_max = m;
+    if (lse_in_r) m = *lse_in_r; /* backward from a saved lse: exp(z - lse) is the softmax */
+    else if (!finite) m = 0;
+    const int general = !finite || !isfinite(m);
+    vf64 rest[2] = {{0}, {0}};
+    VT top = {0};
+    for (Py_ssize_t k = 0; k < nb; k++) {
+        const Py_ssize_t c0 = k * SUM_BLOCK, c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
+        const int split = !lse_in_r && (general || stats[2 * k] == row_max);
+        const int fast = !general && stats[2 * k + 1] - m >= FAST_EXP_MIN;
+#define EXPSUM_CASE(F, S)                                                                \
+    if (want_e) BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 1, ebuf, rest, &top);         \
+    else BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 0, ebuf, rest, &top);
+        if (fast && !split) { EXPSUM_CASE(1, 0) }
+        else if (fast) { EXPSUM_CASE(1, 1) }
+        else if (!split) { EXPSUM_CASE(0, 0) }
+        else { EXPSUM_CASE(0, 1) }
+#undef EXPSUM_CASE
+    }
+    *m_out = m;
+    *rest_out = hsum_f64(rest[0] + rest[1]);
+    *top_out = (double)HSUM(top);
+}
+
 MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
-                              T *restrict zbuf, T *restrict ebuf) {
+                              T *restrict zbuf, T *restrict ebuf, T *restrict stats) {
     const Py_ssize_t C = pb->n_cols;
     const T eps = (T)pb->label_smoothing, cap = (T)pb->softcap;
     const T *restrict w = (const T *)pb->w;
     const T *restrict lse_in = (const T *)pb->lse_in;
     const int soft = pb->q != NULL, want_grad = pb->g != NULL;
-    const int use_zbuf = cap > 0 || pb->dtype >= DT_BF16;
+    /* zbuf holds the row in the compute type where later passes need it as an array:
+       softcapped values, and 16-bit storage with soft targets or smoothing (the weighted
+       sums); otherwise every pass reads the row itself (16-bit values converted on the fly) */
+    const int use_zbuf = cap > 0 || (!STORAGE_IS_T && (soft || eps > 0));
     const T qeps = eps / (T)C, qkeep = 1 - eps;
     const size_t esz = elsize(pb->dtype);
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;
-        const T *restrict z;
-        /* pass 1: (load, softcap), max */
+        const T *restrict z = STORAGE_IS_T ? (const T *)xrow : NULL;
         if (use_zbuf) {
             if (cap > 0) {
 #pragma omp simd
@@ -88,53 +204,14 @@ MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                 for (Py_ssize_t c = 0; c < C; c++) zbuf[c] = LOAD(xrow, c);
             }
             z = zbuf;
-        } else {
-            z = (const T *)xrow;
         }
         T m;
-        if (lse_in) {
-            m = lse_in[r]; /* backward from a saved lse: exp(z - lse) is the softmax */
-        } else {
-            m = -INFINITY;
-            int any_nan = 0;
-#pragma omp simd reduction(max : m) reduction(| : any_nan)
-            for (Py_ssize_t c = 0; c < C; c++) {
-                T v = z[c];
-                m = v > m ? v : m;
-                any_nan |= (v != v);
-            }
-            /* the inf-safe shift: an infinite (or, with NaN, any) maximum shifts by 0 */
-            if (!isfinite(m) || any_nan) m = 0;
-        }
-        /* pass 2: sum of exp(z - m) without the maximal terms (each exactly 1). Sums run in
-           blocks of SUM_BLOCK (vector lanes, a few terms each), the block sums added in
-           double with Neumaier's compensation: the error stays near a few ulps for any C,
-           where one running sum per lane would grow with C (1e-4 at C = 32000). */
-        Sum rest = {0, 0}, top = {0, 0}, sw = {0, 0}, swz = {0, 0};
-        for (Py_ssize_t c0 = 0; c0 < C; c0 += SUM_BLOCK) {
-            const Py_ssize_t c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
-            T br = 0, bt = 0;
-            if (want_grad) {
-#pragma omp simd reduction(+ : br, bt)
-                for (Py_ssize_t c = c0; c < c1; c++) {
-                    T s = z[c] - m;
-                    T e = EXP(s);
-                    ebuf[c] = e;
-                    br += s == 0 ? 0 : e;
-                    bt += s == 0 ? 1 : 0;
-                }
-            } else {
-#pragma omp simd reduction(+ : br, bt)
-                for (Py_ssize_t c = c0; c < c1; c++) {
-                    T s = z[c] - m;
-                    T e = EXP(s);
-                    br += s == 0 ? 0 : e;
-                    bt += s == 0 ? 1 : 0;
-                }
-            }
-            sum_add(&rest, br);
-            sum_add(&top, bt);
-        }
+        double rest, top;
+        if (z) ROW_EXPSUM((const char *)z, 1, C, lse_in ? lse_in + r : NULL, want_grad, ebuf,
+                          stats, &m, &rest, &top);
+        else ROW_EXPSUM(xrow, 0, C, lse_in ? lse_in + r : NULL, want_grad, ebuf, stats, &m,
+                        &rest, &top);
+        Sum sw = {0, 0}, swz = {0, 0};
         const T *restrict qrow = soft ? (const T *)pb->q + (size_t)r * C : NULL;
         const int64_t yi = soft ? 0 : pb->y[r];
         const int ignored = !soft && yi < 0;
@@ -167,12 +244,15 @@ MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                 sum_add(&swz, bwz);
             }
         }
-        const T z_y = (soft || ignored) ? 0 : z[yi];
+        const T z_y = (soft || ignored) ? 0 : (z ? z[yi] : LOAD(xrow, yi));
         const T w_y = (soft || ignored || !w) ? 1 : w[yi];
         /* the maximal terms kept out of the sum */
-        const T lse_s = lse_in ? 0 : LOG1P((T)(sum_value(&rest) + (sum_value(&top) - 1)));
-        const T coef = FINISH(pb, r, m, lse_s, (T)sum_value(&sw), (T)sum_value(&swz), z_y, w_y,
-                              ignored);
+        const T lse_s = lse_in ? 0 : LOG1P((T)(rest + (top - 1)));
+        T loss_r, lse_r;
+        const T coef = FINISH(pb, m, lse_s, (T)sum_value(&sw), (T)sum_value(&swz), z_y, w_y,
+                              ignored, &loss_r, &lse_r);
+        if (pb->loss) ((T *)pb->loss)[r] = loss_r; /* both NULL in backward-only (lse_in) mode */
+        if (pb->lse) ((T *)pb->lse)[r] = lse_r;
         if (!want_grad) continue;
         /* pass 3: the gradient, from the exponentials in ebuf */
         char *grow = pb->grad + (size_t)r * pb->grad_stride * esz;
@@ -212,7 +292,8 @@ MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
 
 /* TILE rows at once, one row per vector lane; zbuf and ebuf hold C * TILE values. */
 MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
-                               T *restrict zbuf, T *restrict ebuf) {
+                               T *restrict zbuf, T *restrict ebuf, T *restrict unused) {
+    (void)unused;
     const Py_ssize_t C = pb->n_cols;
     const T eps = (T)pb->label_smoothing, cap = (T)pb->softcap;
     const T *restrict w = (const T *)pb->w;
@@ -305,14 +386,15 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
             z_y[b] = (soft || ign[b]) ? 0 : zbuf[yi[b] * TILE + b];
             w_y[b] = (soft || ign[b] || !w) ? 1 : w[yi[b]];
         }
-        if (nb == TILE) {
+        /* every lane, also the idle ones of a partial tile: a row's result must not depend on
+           whether it was computed in a vector or a scalar loop (FMA contraction may differ) */
+        T loss_t[TILE], lse_t[TILE];
 #pragma omp simd
-            for (int b = 0; b < TILE; b++)
-                coef[b] = FINISH(pb, r + b, m[b], lse_s[b], sw[b], swz[b], z_y[b], w_y[b], ign[b]);
-        } else {
-            for (int b = 0; b < nb; b++)
-                coef[b] = FINISH(pb, r + b, m[b], lse_s[b], sw[b], swz[b], z_y[b], w_y[b], ign[b]);
-        }
+        for (int b = 0; b < TILE; b++)
+            coef[b] = FINISH(pb, m[b], lse_s[b], sw[b], swz[b], z_y[b], w_y[b], ign[b],
+                             &loss_t[b], &lse_t[b]);
+        if (pb->loss) memcpy((T *)pb->loss + r, loss_t, (size_t)nb * sizeof(T));
+        if (pb->lse) memcpy((T *)pb->lse + r, lse_t, (size_t)nb * sizeof(T));
         for (int b = 0; b < nb; b++) {
             const int ignored = ign[b];
             gr[b] = want_grad && !ignored ? ((const T *)pb->g)[r + b] : 0;
@@ -432,6 +514,10 @@ MULTIVERSION static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t
 }
 
 #undef NLLROWS
+#undef BLOCK_STATS
+#undef BLOCK_EXPSUM
+#undef ROW_EXPSUM
+#undef VEXP_ANY
 #undef ROWS
 #undef TILES
 #undef FINISH
