@@ -27,6 +27,7 @@
 #define BLOCK_EXPSUM CAT(block_expsum, SUFFIX)
 #define ROW_EXPSUM CAT(row_expsum, SUFFIX)
 #define VEXP_ANY CAT(vexp_any, SUFFIX)
+#define VFINISH CAT(vrow_finish, SUFFIX)
 
 /* The per-row epilogue: loss and lse from the row statistics; returns the gradient's
  * softmax coefficient (A in crossent._reference.softmax_grad_index). */
@@ -290,6 +291,42 @@ MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
     }
 }
 
+#if VL == TILE
+/* FINISH for a tile: one row per lane (ignored rows: loss and coefficient 0) */
+INLINE VT VFINISH(const Problem *pb, VT m, VT lse_s, VT sw, VT swz, VT z_y, VT w_y, VI ign,
+                  VT *loss_out, VT *lse_out) {
+    const int soft = pb->q != NULL;
+    const T eps = (T)pb->label_smoothing, zl = (T)pb->z_loss, w_sum = (T)pb->w_sum;
+    const T qeps = eps / (T)pb->n_cols, qkeep = 1 - eps;
+    const VT zero = {0}, inf = (VT){0} + (T)INFINITY;
+    const VT lse = m + lse_s;
+    VT loss = zero, coef;
+    if (soft) {
+        loss = lse_s * sw + swz;
+        if (zl > 0) loss += (zl * lse) * lse;
+        coef = zl > 0 ? sw + 2 * zl * lse : sw;
+    } else {
+        if (eps < 1) {
+            VT nll = lse_s - (z_y - m);
+            VT term = SEL((w_y == zero) & (nll == inf), zero, w_y * nll); /* 0 * inf = 0 */
+            loss = eps > 0 ? qkeep * term : term;
+        }
+        if (eps > 0) loss += qeps * (w_sum * lse_s + swz);
+        if (zl > 0) {
+            VT zt = (zl * lse) * lse;
+            loss += SEL((w_y == zero) & (zt == inf), zero, w_y * zt);
+        }
+        coef = qkeep * w_y + qeps * w_sum;
+        if (zl > 0) coef += 2 * zl * w_y * lse;
+        loss = SEL(ign, zero, loss);
+        coef = SEL(ign, zero, coef);
+    }
+    *loss_out = loss;
+    *lse_out = lse;
+    return coef;
+}
+#endif
+
 /* TILE rows at once, one row per vector lane; zbuf and ebuf hold C * TILE values. */
 MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                                T *restrict zbuf, T *restrict ebuf, T *restrict unused) {
@@ -305,6 +342,20 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         const int nb = (int)(r1 - r < TILE ? r1 - r : TILE);
         /* transpose the tile in: zbuf[c * TILE + b] = z[r + b][c]; idle lanes get 0.
            A full tile is read column by column, one vector gather per column. */
+#if VL == TILE
+        if (nb == TILE && r + 2 * TILE <= pb->n_rows) {
+            /* VL-wide row loads (reading past C into the next rows, which exist: at least a
+               tile of rows follows) and a transpose in registers: a sixth of the scalar
+               loads and inserts that the column-by-column gather below compiles to */
+            const char *x0 = pb->x + (size_t)r * pb->row_stride * esz;
+            for (Py_ssize_t h = 0; h < C; h += VL) {
+                VT a[VL];
+                for (int b = 0; b < VL; b++) a[b] = VLOADX(x0 + (size_t)b * pb->row_stride * esz, h);
+                transpose16_f32(a);
+                for (Py_ssize_t c = h; c < C && c < h + VL; c++) memcpy(zbuf + c * TILE, &a[c - h], sizeof(VT));
+            }
+        } else
+#endif
         if (nb == TILE) {
             const char *x0 = pb->x + (size_t)r * pb->row_stride * esz;
             const Py_ssize_t stride = pb->row_stride;
@@ -325,11 +376,12 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
 #pragma omp simd
             for (Py_ssize_t i = 0; i < C * TILE; i++) zbuf[i] = cap * TANH(zbuf[i] / cap);
         }
-        T m[TILE], rest[TILE], top[TILE], sw[TILE], swz[TILE];
+        T m[TILE], rest[TILE], top[TILE], sw[TILE], swz[TILE], lo[TILE];
         int any_nan[TILE];
 #pragma omp simd
         for (int b = 0; b < TILE; b++) {
             m[b] = -INFINITY;
+            lo[b] = INFINITY;
             any_nan[b] = 0;
             rest[b] = top[b] = sw[b] = swz[b] = 0;
         }
@@ -338,13 +390,38 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
             for (int b = 0; b < TILE; b++) {
                 T v = zbuf[c * TILE + b];
                 m[b] = v > m[b] ? v : m[b];
+                T f = v > -INFINITY ? v : INFINITY; /* the least finite value */
+                lo[b] = f < lo[b] ? f : lo[b];
                 any_nan[b] |= (v != v);
             }
         }
+        int fast = !lse_in;
+#pragma omp simd reduction(& : fast)
+        for (int b = 0; b < TILE; b++)
+            fast &= (m[b] - m[b] == 0) & !any_nan[b] & (lo[b] - m[b] >= FAST_EXP_MIN);
 #pragma omp simd
         for (int b = 0; b < TILE; b++) m[b] = (isfinite(m[b]) && !any_nan[b]) ? m[b] : 0;
         if (lse_in)
             for (int b = 0; b < nb; b++) m[b] = lse_in[r + b];
+#if VL == TILE
+        if (fast) { /* every s = z - m is 0, -inf or above FAST_EXP_MIN: the fast exp is exact */
+            VT vm, vr = {0}, vt = {0};
+            const VT zero = {0}, one = (VT){0} + 1;
+            memcpy(&vm, m, sizeof vm);
+            for (Py_ssize_t c = 0; c < C; c++) {
+                VT z;
+                memcpy(&z, zbuf + c * TILE, sizeof z);
+                VT s = z - vm;
+                VT e = VEXPNEG(s);
+                memcpy(ebuf + c * TILE, &e, sizeof e);
+                VI is_top = s == zero;
+                vr += SEL(is_top, zero, e);
+                vt += SEL(is_top, one, zero);
+            }
+            memcpy(rest, &vr, sizeof vr);
+            memcpy(top, &vt, sizeof vt);
+        } else
+#endif
         for (Py_ssize_t c = 0; c < C; c++) {
 #pragma omp simd
             for (int b = 0; b < TILE; b++) {
@@ -389,10 +466,30 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         /* every lane, also the idle ones of a partial tile: a row's result must not depend on
            whether it was computed in a vector or a scalar loop (FMA contraction may differ) */
         T loss_t[TILE], lse_t[TILE];
+#if VL == TILE
+        {
+            VT vm, vls, vsw, vswz, vzy, vwy, vloss, vlse;
+            VI vign;
+            int32_t ign32[TILE];
+            for (int b = 0; b < TILE; b++) ign32[b] = -ign[b];
+            memcpy(&vm, m, sizeof vm);
+            memcpy(&vls, lse_s, sizeof vls);
+            memcpy(&vsw, sw, sizeof vsw);
+            memcpy(&vswz, swz, sizeof vswz);
+            memcpy(&vzy, z_y, sizeof vzy);
+            memcpy(&vwy, w_y, sizeof vwy);
+            memcpy(&vign, ign32, sizeof vign);
+            VT vcoef = VFINISH(pb, vm, vls, vsw, vswz, vzy, vwy, vign, &vloss, &vlse);
+            memcpy(coef, &vcoef, sizeof vcoef);
+            memcpy(loss_t, &vloss, sizeof vloss);
+            memcpy(lse_t, &vlse, sizeof vlse);
+        }
+#else
 #pragma omp simd
         for (int b = 0; b < TILE; b++)
             coef[b] = FINISH(pb, m[b], lse_s[b], sw[b], swz[b], z_y[b], w_y[b], ign[b],
                              &loss_t[b], &lse_t[b]);
+#endif
         if (pb->loss) memcpy((T *)pb->loss + r, loss_t, (size_t)nb * sizeof(T));
         if (pb->lse) memcpy((T *)pb->lse + r, lse_t, (size_t)nb * sizeof(T));
         for (int b = 0; b < nb; b++) {
@@ -518,6 +615,7 @@ MULTIVERSION static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t
 #undef BLOCK_EXPSUM
 #undef ROW_EXPSUM
 #undef VEXP_ANY
+#undef VFINISH
 #undef ROWS
 #undef TILES
 #undef FINISH
