@@ -108,6 +108,18 @@ typedef struct {
     int64_t *pred;
 } LogitOut;
 
+/* the first index of a row holding v (0 if none): a vectorised min-reduction */
+#define FIRST_EQUAL(NAME, T)                                                              \
+    INLINE int64_t first_equal_##NAME(const T *r, Py_ssize_t C, T v) {                    \
+        int64_t first = C;                                                                \
+        _Pragma("omp simd reduction(min:first)")                                          \
+        for (Py_ssize_t c = 0; c < C; c++) first = (r[c] == v && c < first) ? c : first;   \
+        return first == C ? 0 : first;                                                    \
+    }
+
+FIRST_EQUAL(logit_rows_f32, float)
+FIRST_EQUAL(logit_rows_f64, double)
+
 #define LOGIT_ROWS(NAME, T, EXP)                                                          \
     MULTIVERSION static Py_ssize_t NAME(const T *x, Py_ssize_t n_rows, Py_ssize_t C,        \
                                         Py_ssize_t stride, const int64_t *y, LogitOut o) {  \
@@ -139,11 +151,7 @@ typedef struct {
             s1 += (double)ties - 1.0;                                                     \
             s2 += (double)ties - 1.0;                                                     \
             int64_t pred = yi;                                                            \
-            if (!(ties == (T)1 && zy == mx)) {                                             \
-                pred = 0;                                                                 \
-                while (pred < C && !(r[pred] == mx)) pred++;                              \
-                if (pred == C) pred = 0;                                                  \
-            }                                                                             \
+            if (!(ties == (T)1 && zy == mx)) pred = first_equal_##NAME(r, C, mx);        \
             if (!isfinite((double)mx) || !isfinite(s1) || !isfinite(s2)) irregular++;     \
             o.m[i] = (double)mx;                                                          \
             o.zy[i] = (double)zy;                                                         \

@@ -143,13 +143,14 @@ def _rows_ok(x: np.ndarray) -> bool:
             and x.strides[0] >= 0)
 
 
-def _logit_stats(x: np.ndarray, y: np.ndarray, *, use_c: bool | None = None) -> tuple[np.ndarray, ...] | None:
+def _logit_stats(x: np.ndarray, y: np.ndarray, *, use_c: bool | None = None) -> tuple[np.ndarray, ...]:
     """Per-row ``(m, z_y, e_y, s1, s2, above, pred)`` of logits: the maximum, the label's
     logit, ``e_y = exp(z_y - m)``, ``s1``/``s2`` the sums of ``e_c = exp(z_c - m)`` and of
     ``e_c^2`` over every class but the (first) arg-max ``pred``, and ``above`` the number of
-    classes scoring strictly higher than the label. The exponentials are float32 for float32
-    logits (``_exp_f32``), float64 otherwise; the sums are float64. None if a row's maximum
-    is not finite or a sum is NaN (the caller then takes the general path).
+    classes scoring strictly higher than the label, and ``bad``: the rows whose maximum is
+    not finite or whose sums are NaN (their other values are meaningless: the caller scores
+    them on the general path). The exponentials are float32 for float32 logits
+    (``_exp_f32``), float64 otherwise; the sums are float64.
 
     ``use_c``: the C kernel (default: when built); else NumPy, which gives the same
     figures to ~1e-15 relative.
@@ -161,19 +162,23 @@ def _logit_stats(x: np.ndarray, y: np.ndarray, *, use_c: bool | None = None) -> 
         out = np.empty((6, n), dtype=np.float64)
         pred = np.empty(n, dtype=np.int64)
         y = np.ascontiguousarray(y, dtype=np.int64)
-        bad = _cmetrics.logit_rows(
+        n_bad = _cmetrics.logit_rows(
             0 if x.dtype == np.float32 else 1, x.ctypes.data, n, x.shape[1],
             x.strides[0] // x.itemsize, y.ctypes.data, *(out[i].ctypes.data for i in range(6)),
             pred.ctypes.data)
-        if bad:
-            return None
         m, zy, ey, s1, s2, above = out
-        return m, zy, ey, s1, s2, above, pred
+        bad = None
+        if n_bad:
+            bad = ~(np.isfinite(m) & np.isfinite(s1) & np.isfinite(s2))
+        return m, zy, ey, s1, s2, above, pred, bad
     r = np.arange(n)
     with np.errstate(all="ignore"):
         m = np.max(x, axis=1)
-        if not np.all(np.isfinite(m)):
-            return None
+        bad = ~np.isfinite(m)
+        if np.any(bad):
+            m = np.where(bad, 0.0, m).astype(x.dtype)
+        else:
+            bad = None
         zy = x[r, y]
         above = np.count_nonzero(x > zy[:, None], axis=1).astype(np.float64)
         top = x == m[:, None]
@@ -187,31 +192,31 @@ def _logit_stats(x: np.ndarray, y: np.ndarray, *, use_c: bool | None = None) -> 
         e[top] = 0.0
         s1 = np.sum(e, axis=1) + (ties - 1.0)
         s2 = np.einsum("ij,ij->i", e, e) + (ties - 1.0)
-        if not (np.all(np.isfinite(s1)) and np.all(np.isfinite(s2))):
-            return None
+        nonfinite = ~(np.isfinite(s1) & np.isfinite(s2))
+        if np.any(nonfinite):
+            bad = nonfinite if bad is None else bad | nonfinite
         pred = np.argmax(x, axis=1).astype(np.int64)
-    return (m.astype(np.float64), zy.astype(np.float64), ey, s1, s2, above, pred)
+    return (m.astype(np.float64), zy.astype(np.float64), ey, s1, s2, above, pred, bad)
 
 
 def _prob_stats(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...] | None:
     """Per-row ``(m, lo, sum, p_y, sq, above, pred)`` of probabilities (max, min, row sum,
     the label's probability, ``sum_{c != y} p_c^2``, classes strictly above the label,
-    first arg-max) from the C kernel; None without it, for other layouts, or if a row holds
-    NaN (the NumPy path computes the same figures)."""
+    first arg-max) and ``bad`` (rows holding NaN, None if none) from the C kernel; None
+    without it or for other layouts (the NumPy path computes the same figures)."""
     if _cmetrics is None or not _rows_ok(x):
         return None
     n = y.shape[0]
     out = np.empty((6, n), dtype=np.float64)
     pred = np.empty(n, dtype=np.int64)
     y = np.ascontiguousarray(y, dtype=np.int64)
-    bad = _cmetrics.prob_rows(
+    n_bad = _cmetrics.prob_rows(
         0 if x.dtype == np.float32 else 1, x.ctypes.data, n, x.shape[1],
         x.strides[0] // x.itemsize, y.ctypes.data, *(out[i].ctypes.data for i in range(6)),
         pred.ctypes.data)
-    if bad:
-        return None
     m, lo, sm, py, sq, above = out
-    return m, lo, sm, py, sq, above, pred
+    bad = (np.isnan(sm) | np.isnan(sq) | np.isnan(py)) if n_bad else None
+    return m, lo, sm, py, sq, above, pred, bad
 
 
 # --------------------------------------------------------------------------------------
@@ -1057,14 +1062,13 @@ class Evaluator:
 
     def _stats_block(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> tuple[Any, ...] | None:
         """Plain logits or probabilities from a few per-row statistics (one pass of the C
-        kernel, or NumPy); None for blocks with non-finite rows (the general path)."""
+        kernel, or NumPy). Rows with NaN or infinite maxima are scored on the general path,
+        row by row, so that no figure depends on how rows were grouped into blocks. None:
+        no statistics for this input (probabilities without the kernel)."""
         C = int(x.shape[1])
         k = min(self.top_k, C)
         if self.kind == "logits":
-            st = _logit_stats(x, y)
-            if st is None:
-                return None
-            m, zy, ey, s1, s2, above, pred = st
+            m, zy, ey, s1, s2, above, pred, bad = _logit_stats(x, y)
             big_s = 1.0 + s1
             loss = np.log1p(s1) + (m - zy)  # lse - z_y, lse = m + log1p(s1) as the library
             hit = pred == y
@@ -1080,7 +1084,7 @@ class Evaluator:
             st = _prob_stats(x, y)
             if st is None:
                 return None
-            m, lo, sm, p_label, sq, above, pred = st
+            m, lo, sm, p_label, sq, above, pred, bad = st
             if np.any(lo < 0.0) or np.any(m > 1.0):
                 self._check_probs(x, rows, log=False)  # raises, naming the value
             self._check_sums(sm, rows, log=False)
@@ -1091,7 +1095,15 @@ class Evaluator:
             d = p_label - 1.0
             brier = sq + d * d
         topk = above < k if k < C else np.ones(y.shape[0], dtype=bool)
-        return loss, None, brier, conf, pred, p_label, hit, topk
+        out = [loss, None, brier, conf, pred, p_label, hit, topk]
+        if bad is not None:
+            idx = np.flatnonzero(bad)
+            gen = self._general_block(x[idx], y[idx], rows[idx])
+            for j, v in enumerate(gen):
+                if out[j] is not None:
+                    out[j] = np.array(out[j], copy=True)
+                    out[j][idx] = v
+        return tuple(out)
 
     def _general_block(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> tuple[Any, ...]:
         kind = self.kind
