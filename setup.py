@@ -26,6 +26,15 @@ setup(
             depends=["src/crossent/_ckernels_rows.h"],
             extra_compile_args=flags,
             optional=True,
-        )
+        ),
+        # per-row statistics of crossent.metrics (optional too: NumPy computes the same).
+        # -ffp-contract=off: no fused multiply-adds, so that the float32 exp rounds exactly
+        # like its NumPy replica
+        Extension(
+            "crossent._cmetrics",
+            sources=["src/crossent/_cmetrics.c"],
+            extra_compile_args=flags + ([] if sys.platform == "win32" else ["-ffp-contract=off"]),
+            optional=True,
+        ),
     ]
 )

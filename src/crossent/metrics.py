@@ -30,6 +30,13 @@ the softmax of float32 logits (more than 32 classes, no weights or label smoothi
 is computed in float32, the precision of the logits themselves (within 1e-7 nats per
 example), and summed in float64.
 
+Plain logits and probabilities (no weights or label smoothing) are scored from a few
+per-row statistics (maximum, arg-max, the exp-sums, the rank of the label), computed in one
+pass over each row by the optional C extension ``crossent._cmetrics``, or by NumPy with the
+same float32 exponential, operation by operation, when it is not built: both give the same
+figures to 1e-12 relative. Rows with NaN or infinite scores are scored on the general path,
+row by row.
+
 Examples
 --------
 >>> import numpy as np
@@ -97,8 +104,126 @@ def _hist_bins(loss: np.ndarray) -> np.ndarray:
     b = np.where(loss < 1e-6, 0.0, b)
     return np.clip(b, 0, len(HIST_EDGES) - 2).astype(np.intp)
 _DETECT_ROWS = 4096
-_BLOCK_ELEMENTS = 1 << 19
-_SMALL_C = 32  # up to this many classes, blocks are scored classes-first  # float64 elements per compute block (512 KiB: stays in cache)
+_BLOCK_ELEMENTS = 1 << 19  # float64 elements per NumPy compute block (stays in cache)
+_SMALL_C = 32  # up to this many classes, blocks are scored classes-first
+# elements per block on the per-row statistics path (the C kernel reads each row once and
+# re-reads it from L1, so blocks need not fit in cache: bigger blocks, less Python per row)
+_STATS_BLOCK_ELEMENTS = 1 << 22
+
+try:  # the per-row statistics kernels (optional: NumPy computes the same figures)
+    from . import _cmetrics
+except ImportError:  # pragma: no cover - built without a C compiler
+    _cmetrics = None
+
+
+def _exp_f32(x: np.ndarray) -> np.ndarray:
+    """``exp`` of float32 values <= 0, operation by operation as ``_cmetrics.c``'s
+    ``exp_f32`` (so that the C and NumPy paths give the same bits): Cody-Waite reduction,
+    degree-7 Taylor polynomial, the scale 2^n taken from the bits of ``t``."""
+    f = np.float32
+    x = np.asarray(x, dtype=np.float32)
+    lo = f(-104.0)
+    magic = f(12583103.0)  # 1.5 * 2^23 + 191
+    with np.errstate(all="ignore"):
+        xc = np.where(x < lo, lo, x)
+        t = xc * f(float.fromhex("0x1.715476p+0")) + magic
+        n = t - magic
+        r = xc - n * f(float.fromhex("0x1.62e4p-1"))
+        r = r - n * f(float.fromhex("0x1.7f7d1cp-20"))
+        p = np.full_like(r, f(float.fromhex("0x1.a01a02p-13")))
+        for c in _EXP_F32_COEFS:
+            p = p * r + c
+        scale = (t.view(np.uint32) << np.uint32(23)).view(np.float32)
+        res = p * scale * f(2.0 ** -64)
+        return np.where(x < lo, f(0.0), res)
+
+
+_EXP_F32_COEFS = tuple(np.float32(float.fromhex(h)) for h in (
+    "0x1.6c16c2p-10", "0x1.111112p-7", "0x1.555556p-5", "0x1.555556p-3", "0x1p-1", "0x1p+0",
+    "0x1p+0"))
+
+
+def _rows_ok(x: np.ndarray) -> bool:
+    """Rows of contiguous float32/float64 elements (what the kernels read)."""
+    return (x.ndim == 2 and x.dtype in (np.float32, np.float64) and x.dtype.isnative
+            and x.strides[1] == x.itemsize and x.strides[0] % x.itemsize == 0
+            and x.strides[0] >= 0)
+
+
+def _logit_stats(x: np.ndarray, y: np.ndarray, *, use_c: bool | None = None) -> tuple[np.ndarray, ...]:
+    """Per-row ``(m, z_y, e_y, s1, s2, above, pred)`` of logits: the maximum, the label's
+    logit, ``e_y = exp(z_y - m)``, ``s1``/``s2`` the sums of ``e_c = exp(z_c - m)`` and of
+    ``e_c^2`` over every class but the (first) arg-max ``pred``, and ``above`` the number of
+    classes scoring strictly higher than the label, and ``bad``: the rows whose maximum is
+    not finite or whose sums are NaN (their other values are meaningless: the caller scores
+    them on the general path). The exponentials are float32 for float32 logits
+    (``_exp_f32``), float64 otherwise; the sums are float64.
+
+    ``use_c``: the C kernel (default: when built); else NumPy, which gives the same
+    figures to ~1e-15 relative.
+    """
+    n = y.shape[0]
+    if use_c is None:
+        use_c = _cmetrics is not None
+    if use_c and _cmetrics is not None and _rows_ok(x):
+        out = np.empty((6, n), dtype=np.float64)
+        pred = np.empty(n, dtype=np.int64)
+        y = np.ascontiguousarray(y, dtype=np.int64)
+        n_bad = _cmetrics.logit_rows(
+            0 if x.dtype == np.float32 else 1, x.ctypes.data, n, x.shape[1],
+            x.strides[0] // x.itemsize, y.ctypes.data, *(out[i].ctypes.data for i in range(6)),
+            pred.ctypes.data)
+        m, zy, ey, s1, s2, above = out
+        bad = None
+        if n_bad:
+            bad = ~(np.isfinite(m) & np.isfinite(s1) & np.isfinite(s2))
+        return m, zy, ey, s1, s2, above, pred, bad
+    r = np.arange(n)
+    with np.errstate(all="ignore"):
+        m = np.max(x, axis=1)
+        bad = ~np.isfinite(m)
+        if np.any(bad):
+            m = np.where(bad, 0.0, m).astype(x.dtype)
+        else:
+            bad = None
+        zy = x[r, y]
+        above = np.count_nonzero(x > zy[:, None], axis=1).astype(np.float64)
+        top = x == m[:, None]
+        ties = np.count_nonzero(top, axis=1).astype(np.float64)
+        if x.dtype == np.float32:
+            e = _exp_f32(x - m[:, None]).astype(np.float64)
+            ey = _exp_f32(zy - m).astype(np.float64)
+        else:
+            e = np.exp(x - m[:, None])
+            ey = np.exp(zy - m)
+        e[top] = 0.0
+        s1 = np.sum(e, axis=1) + (ties - 1.0)
+        s2 = np.einsum("ij,ij->i", e, e) + (ties - 1.0)
+        nonfinite = ~(np.isfinite(s1) & np.isfinite(s2))
+        if np.any(nonfinite):
+            bad = nonfinite if bad is None else bad | nonfinite
+        pred = np.argmax(x, axis=1).astype(np.int64)
+    return (m.astype(np.float64), zy.astype(np.float64), ey, s1, s2, above, pred, bad)
+
+
+def _prob_stats(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """Per-row ``(m, lo, sum, p_y, sq, above, pred)`` of probabilities (max, min, row sum,
+    the label's probability, ``sum_{c != y} p_c^2``, classes strictly above the label,
+    first arg-max) and ``bad`` (rows holding NaN, None if none) from the C kernel; None
+    without it or for other layouts (the NumPy path computes the same figures)."""
+    if _cmetrics is None or not _rows_ok(x):
+        return None
+    n = y.shape[0]
+    out = np.empty((6, n), dtype=np.float64)
+    pred = np.empty(n, dtype=np.int64)
+    y = np.ascontiguousarray(y, dtype=np.int64)
+    n_bad = _cmetrics.prob_rows(
+        0 if x.dtype == np.float32 else 1, x.ctypes.data, n, x.shape[1],
+        x.strides[0] // x.itemsize, y.ctypes.data, *(out[i].ctypes.data for i in range(6)),
+        pred.ctypes.data)
+    m, lo, sm, py, sq, above = out
+    bad = (np.isnan(sm) | np.isnan(sq) | np.isnan(py)) if n_bad else None
+    return m, lo, sm, py, sq, above, pred, bad
 
 
 # --------------------------------------------------------------------------------------
@@ -773,7 +898,7 @@ class Evaluator:
         y = self._labels_as_int(y, start)
         # an update that fails changes nothing: snapshot the (small) state when a failure
         # could come after a change (the first update, or several blocks)
-        several = x.shape[0] > _BLOCK_ELEMENTS // (1 if binary else n_classes)
+        several = x.shape[0] > self._block_rows(x, binary, n_classes)
         saved = copy.deepcopy(self.__dict__) if self.n_classes is None or several else None
         try:
             self._set_classes(n_classes, binary)
@@ -792,8 +917,7 @@ class Evaluator:
         """Score ``x`` block by block (on up to ``get_num_threads()`` threads: NumPy and the
         kernels release the GIL) and accumulate the block results in order."""
         n = x.shape[0]
-        per_row = 1 if self.binary else max(1, self.n_classes or 1)
-        block = max(1, _BLOCK_ELEMENTS // per_row)
+        block = self._block_rows(x, bool(self.binary), self.n_classes or 1)
         starts = list(range(0, n, block))
         if len(starts) == 1:
             self._accumulate(self._compute_block(x, y, start))
@@ -817,6 +941,23 @@ class Evaluator:
         finally:
             for fut in pending:
                 fut.cancel()
+
+    def _stats_path(self, x: np.ndarray) -> bool:
+        """Whether multi-class blocks are scored from per-row statistics (plain logits or
+        probabilities, no class weights or label smoothing)."""
+        return (self.weight is None and self.label_smoothing == 0.0
+                and self.kind in ("logits", "probs") and x.ndim == 2)
+
+    def _block_rows(self, x: np.ndarray, binary: bool, n_classes: int) -> int:
+        per_row = 1 if binary else max(1, n_classes)
+        if not binary and _cmetrics is not None and self._stats_path(x) and _rows_ok(x):
+            from ._kernels import get_num_threads
+
+            # one block per thread at least; within [_BLOCK_ELEMENTS, _STATS_BLOCK_ELEMENTS]
+            per_thread = -(-x.shape[0] * per_row // max(1, get_num_threads()))
+            elements = min(_STATS_BLOCK_ELEMENTS, max(_BLOCK_ELEMENTS, per_thread))
+            return max(1, elements // per_row)
+        return max(1, _BLOCK_ELEMENTS // per_row)
 
     def _labels_as_int(self, y: np.ndarray, start: int) -> np.ndarray:
         if y.dtype.kind in "iu":
@@ -916,6 +1057,62 @@ class Evaluator:
             )
 
     def _multiclass_block(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> tuple[Any, ...]:
+        if self._stats_path(x):
+            # float32 exponentials only for float32 logits with many classes (as the
+            # library); few classes cost little and keep float64 everywhere
+            if x.dtype not in (np.float32, np.float64) or x.shape[1] <= _SMALL_C:
+                x = x.astype(np.float64)
+            out = self._stats_block(x, y, rows)
+            if out is not None:
+                return out
+        return self._general_block(x, y, rows)
+
+    def _stats_block(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> tuple[Any, ...] | None:
+        """Plain logits or probabilities from a few per-row statistics (one pass of the C
+        kernel, or NumPy). Rows with NaN or infinite maxima are scored on the general path,
+        row by row, so that no figure depends on how rows were grouped into blocks. None:
+        no statistics for this input (probabilities without the kernel)."""
+        C = int(x.shape[1])
+        k = min(self.top_k, C)
+        if self.kind == "logits":
+            m, zy, ey, s1, s2, above, pred, bad = _logit_stats(x, y)
+            big_s = 1.0 + s1
+            loss = np.log1p(s1) + (m - zy)  # lse - z_y, lse = m + log1p(s1) as the library
+            hit = pred == y
+            p_label = ey / big_s
+            conf = 1.0 / big_s
+            # sum_c (p_c - [c = y])^2 without cancellation for confident, correct rows
+            brier = np.where(
+                hit,
+                (s2 + s1 * s1) / (big_s * big_s),
+                (1.0 + s2) / (big_s * big_s) + (1.0 - 2.0 * p_label),
+            )
+        else:
+            st = _prob_stats(x, y)
+            if st is None:
+                return None
+            m, lo, sm, p_label, sq, above, pred, bad = st
+            if np.any(lo < 0.0) or np.any(m > 1.0):
+                self._check_probs(x, rows, log=False)  # raises, naming the value
+            self._check_sums(sm, rows, log=False)
+            p = p_label if self.eps == 0.0 else np.clip(p_label, self.eps, 1.0 - self.eps)
+            loss = -np.log(p)
+            hit = pred == y
+            conf = m
+            d = p_label - 1.0
+            brier = sq + d * d
+        topk = above < k if k < C else np.ones(y.shape[0], dtype=bool)
+        out = [loss, None, brier, conf, pred, p_label, hit, topk]
+        if bad is not None:
+            idx = np.flatnonzero(bad)
+            gen = self._general_block(x[idx], y[idx], rows[idx])
+            for j, v in enumerate(gen):
+                if out[j] is not None:
+                    out[j] = np.array(out[j], copy=True)
+                    out[j][idx] = v
+        return tuple(out)
+
+    def _general_block(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> tuple[Any, ...]:
         kind = self.kind
         n = y.shape[0]
         C = int(x.shape[1])
@@ -965,60 +1162,35 @@ class Evaluator:
         x_y = x_y.astype(np.float64)
         x_m = np.asarray(m, dtype=np.float64)
         denom = None if self.weight is None else self.weight[y]
-        plain = self.weight is None and self.label_smoothing == 0.0
-        if kind == "logits" and plain and bool(np.all(np.isfinite(x_m))):
-            # the plain softmax cross-entropy, fused with the Brier score: one exp per
-            # element. As the library: lse = m + log1p(sum_{k != argmax} e^(z_k - m)).
-            # float32 logits: e^(z - m) in float32 (the precision of the logits
-            # themselves: <= 1e-7 nats per example), every sum and the loss in float64
-            wide = small or xc.dtype == np.float64
-            out = xc if small else np.empty(xc.shape, dtype=np.float64 if wide else np.float32)
-            e = np.exp(np.subtract(xc, col(x_m.astype(out.dtype)), out=out), out=out)
-            e_y = at(e, y).astype(np.float64)  # 1 where y is the arg-max
-            put(e, pred, 0.0)
-            s1 = np.sum(e, axis=ax, dtype=np.float64)
-            sq = np.einsum(einsum, e, e).astype(np.float64)
-            big_s = 1.0 + s1
-            loss = np.log1p(s1) + (x_m - x_y)
-            hit = pred == y
-            p_label = e_y / big_s
-            conf = 1.0 / big_s
-            # sum_c (p_c - [c = y])^2 without cancellation for confident, correct rows
-            brier = np.where(
-                hit,
-                (sq + s1 * s1) / (big_s * big_s),
-                (1.0 + sq) / (big_s * big_s) + (1.0 - 2.0 * p_label),
-            )
+        # our float64 copy (overwritten below); the library computes the loss on it
+        x64 = xc if small else np.array(xc, dtype=np.float64, order="C")
+        kw: dict[str, Any] = dict(axis=ax, weight=self.weight,
+                                  label_smoothing=self.label_smoothing)
+        if kind == "probs":
+            self._check_probs(x64, rows, log=False, small=small)
+            self._check_sums(np.sum(x64, axis=ax), rows, log=False)
+            loss = cross_entropy(x64, y, eps=self.eps, **kw)
+            p = x64
+            p_label, conf = x_y.copy(), x_m.copy()
+            p_y_minus_1 = x_y - 1.0
+        elif kind == "log-probs":
+            self._check_probs(x64, rows, log=True, small=small)
+            loss = nll_loss(x64, y, **kw)
+            p = np.exp(x64, out=x64)
+            self._check_sums(np.sum(p, axis=ax), rows, log=True)
+            p_label, conf = np.exp(x_y), np.exp(x_m)
+            p_y_minus_1 = np.expm1(x_y)
         else:
-            # our float64 copy (overwritten below); the library computes the loss on it
-            x64 = xc if small else np.array(xc, dtype=np.float64, order="C")
-            kw: dict[str, Any] = dict(axis=ax, weight=self.weight,
-                                      label_smoothing=self.label_smoothing)
-            if kind == "probs":
-                self._check_probs(x64, rows, log=False, small=small)
-                self._check_sums(np.sum(x64, axis=ax), rows, log=False)
-                loss = cross_entropy(x64, y, eps=self.eps, **kw)
-                p = x64
-                p_label, conf = x_y.copy(), x_m.copy()
-                p_y_minus_1 = x_y - 1.0
-            elif kind == "log-probs":
-                self._check_probs(x64, rows, log=True, small=small)
-                loss = nll_loss(x64, y, **kw)
-                p = np.exp(x64, out=x64)
-                self._check_sums(np.sum(p, axis=ax), rows, log=True)
-                p_label, conf = np.exp(x_y), np.exp(x_m)
-                p_y_minus_1 = np.expm1(x_y)
-            else:
-                loss, lse = softmax_cross_entropy(x64, y, return_lse=True, **kw)
-                lse = np.asarray(lse, dtype=np.float64)
-                p = np.exp(np.subtract(x64, col(lse), out=x64), out=x64)
-                p_label, conf = np.exp(x_y - lse), np.exp(x_m - lse)
-                p_y_minus_1 = np.expm1(x_y - lse)
-            # p_y - 1 computed directly so that confident, correct rows keep their tiny
-            # Brier score exact
-            put(p, y, p_y_minus_1)
-            brier = np.einsum(einsum, p, p)
-            loss = np.asarray(loss, dtype=np.float64)
+            loss, lse = softmax_cross_entropy(x64, y, return_lse=True, **kw)
+            lse = np.asarray(lse, dtype=np.float64)
+            p = np.exp(np.subtract(x64, col(lse), out=x64), out=x64)
+            p_label, conf = np.exp(x_y - lse), np.exp(x_m - lse)
+            p_y_minus_1 = np.expm1(x_y - lse)
+        # p_y - 1 computed directly so that confident, correct rows keep their tiny
+        # Brier score exact
+        put(p, y, p_y_minus_1)
+        brier = np.einsum(einsum, p, p)
+        loss = np.asarray(loss, dtype=np.float64)
         nan_row = np.isnan(loss) | np.isnan(conf)
         correct = (pred == y) & ~nan_row
         topk &= ~nan_row

@@ -350,6 +350,7 @@ class _NpyStream:
                 f"the array{name} holds Python objects (pickled), which are not read for safety",
                 file=path, expected="a numeric or string array",
             )
+        self.mappable = False  # a plain file (not a zip member): chunks are memory maps
         self.shape, self.fortran = tuple(int(s) for s in shape), bool(fortran)
         if dtype.kind not in "fiubUS":
             raise DataFileError(f"the array{name} has dtype {dtype}", file=path,
@@ -375,6 +376,9 @@ class _NpyStream:
             yield from self._read_fortran(start, stop, chunk_bytes)
             return
         rows_per = max(1, chunk_bytes // max(1, row_bytes))
+        if self.mappable and dt.isnative and stop > start:
+            yield from self._read_mapped(start, stop, rows_per, row_bytes)
+            return
         bufs: list[np.ndarray] = []
         with self.opener() as f:
             f.seek(self.offset + start * row_bytes)
@@ -397,6 +401,33 @@ class _NpyStream:
                 if not dt.isnative:
                     arr = arr.astype(dt.newbyteorder("="))
                 yield a, arr
+
+    def _read_mapped(self, start: int, stop: int, rows_per: int,
+                     row_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Chunks as read-only memory maps of the file, one map per chunk: no copy (the
+        scoring reads the page cache directly) and bounded memory (a chunk's map goes when
+        its last array does). Pre-faulted with MAP_POPULATE where there is one."""
+        import mmap
+
+        gran = mmap.ALLOCATIONGRANULARITY
+        flags = getattr(mmap, "MAP_SHARED", 0) | getattr(mmap, "MAP_POPULATE", 0)
+        kw: dict[str, Any] = ({"flags": flags, "prot": mmap.PROT_READ}
+                              if hasattr(mmap, "PROT_READ") else {"access": mmap.ACCESS_READ})
+        with open(self.path, "rb") as f:
+            fd = f.fileno()
+            for a in range(start, stop, rows_per):
+                n = min(stop, a + rows_per) - a
+                pos = self.offset + a * row_bytes
+                base = pos - pos % gran
+                length = pos - base + n * row_bytes
+                try:
+                    mm = mmap.mmap(fd, length, offset=base, **kw)
+                except (OSError, ValueError) as exc:
+                    raise DataFileError(f"cannot map the file{self.name}: {_short(exc)}",
+                                        file=self.path, expected="a readable .npy file") from exc
+                arr = np.frombuffer(mm, dtype=self.dtype, count=n * self.row_items,
+                                    offset=pos - base)
+                yield a, arr.reshape((n,) + self.shape[1:])
 
     def _read_fortran(self, start: int, stop: int, chunk_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
         # column-major: read each column's slice (one seek per column and chunk)
@@ -444,6 +475,7 @@ class NpyDataset(Dataset):
         if os.path.isdir(path):
             raise DataFileError("is a directory", file=path, expected="a .npy file")
         self.arr = _NpyStream(path, lambda: open(path, "rb"), os.path.getsize(path), "")
+        self.arr.mappable = True
         self.n_rows = self.arr.n_rows
 
     def select(self, *, preds: bool, labels: bool, pred_cols: list[str] | None,
@@ -1370,11 +1402,12 @@ def align(a: Iterator[Any], b: Iterator[Any]) -> Iterator[Batch]:
     """
     ia, ib = iter(a), iter(b)
     cur_a = cur_b = None
+    own_a = own_b = False  # the leftover is our copy already: cut views, copy no more
     while True:
         if cur_a is None:
-            cur_a = _next_rows(ia, 1)
+            cur_a, own_a = _next_rows(ia, 1), False
         if cur_b is None:
-            cur_b = _next_rows(ib, 2)
+            cur_b, own_b = _next_rows(ib, 2), False
         if cur_a is None or cur_b is None:
             if cur_a is None and cur_b is None:
                 return
@@ -1385,8 +1418,9 @@ def align(a: Iterator[Any], b: Iterator[Any]) -> Iterator[Batch]:
         preds = cur_a[1][:n] if cur_a[1] is not None else None
         labels = cur_b[2][:n] if cur_b[2] is not None else None
         yield Batch(start, preds, labels)
-        cur_a = _rest(cur_a, n) if na > n else None
-        cur_b = _rest(cur_b, n) if nb > n else None
+        cur_a = _rest(cur_a, n, own_a) if na > n else None
+        cur_b = _rest(cur_b, n, own_b) if nb > n else None
+        own_a, own_b = cur_a is not None, cur_b is not None
 
 
 class _LengthMismatch(Exception):
@@ -1409,11 +1443,15 @@ def _len(item: Any) -> int:
     return 0 if arr is None else int(arr.shape[0]) if hasattr(arr, "shape") else len(arr)
 
 
-def _rest(item: Any, n: int) -> Any:
+def _rest(item: Any, n: int, owned: bool = False) -> Any:
+    """Rows ``n:`` of a chunk: a copy the first time (the reader may reuse its buffer), a
+    view of that copy afterwards (copying the rest again each time is quadratic)."""
     def cut(x: Any) -> Any:
         if x is None:
             return None
-        return np.array(x[n:]) if isinstance(x, np.ndarray) else x[n:]
+        if isinstance(x, np.ndarray) and not owned:
+            return np.array(x[n:])
+        return x[n:]
 
     return (item[0] + n, cut(item[1]), cut(item[2]))
 
