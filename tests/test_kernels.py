@@ -54,7 +54,7 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("n, c", [(1, 1), (7, 3), (7, 17), (5, 1023), (33, 16)])
+@pytest.mark.parametrize("n, c", [(1, 1), (7, 3), (7, 17), (5, 1023), (33, 16), (70, 10), (70, 29)])
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 @pytest.mark.parametrize("kind", ["index", "soft"])
 def test_kernel_equals_reference(monkeypatch, dtype, n, c, opts, kind):
@@ -167,16 +167,17 @@ def test_set_num_threads_validates():
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16"])
-def test_half_precision_storage(monkeypatch, storage):
+@pytest.mark.parametrize("n, c, cap", [(11, 37, 5.0), (70, 10, None), (70, 29, 5.0), (40, 300, None)])
+def test_half_precision_storage(monkeypatch, storage, n, c, cap):
     if storage == "bfloat16":
         ml_dtypes = pytest.importorskip("ml_dtypes")
         dtype = ml_dtypes.bfloat16
     else:
         dtype = np.float16
     rng = np.random.default_rng(4)
-    x = (rng.normal(size=(11, 37)) * 3).astype(dtype)
-    t = rng.integers(0, 37, 11)
-    (ref, rg), (got, g) = both(monkeypatch, crossent.softmax_cross_entropy_value_and_grad, x, t, softcap=5.0)
+    x = (rng.normal(size=(n, c)) * 3).astype(dtype)
+    t = rng.integers(0, c, n)
+    (ref, rg), (got, g) = both(monkeypatch, crossent.softmax_cross_entropy_value_and_grad, x, t, softcap=cap)
     assert got.dtype == np.float32 and g.dtype == x.dtype
     assert_close(got, ref, np.float32)
     # the gradient is rounded once to the storage dtype: within one half-precision ulp

@@ -28,6 +28,7 @@
 #define ROW_EXPSUM CAT(row_expsum, SUFFIX)
 #define VEXP_ANY CAT(vexp_any, SUFFIX)
 #define VFINISH CAT(vrow_finish, SUFFIX)
+#define TILE_GRAD CAT(tile_grad, SUFFIX)
 
 /* The per-row epilogue: loss and lse from the row statistics; returns the gradient's
  * softmax coefficient (A in crossent._reference.softmax_grad_index). */
@@ -327,6 +328,103 @@ INLINE VT VFINISH(const Problem *pb, VT m, VT lse_s, VT sw, VT swz, VT z_y, VT w
 }
 #endif
 
+#if VL == TILE
+/* The gradient of a tile, one row per lane, column by column in registers; the same code
+ * for full and partial tiles, so a row's gradient does not depend on its neighbours. */
+INLINE void TILE_GRAD(const Problem *pb, Py_ssize_t r, int nb, Py_ssize_t C,
+                      const T *restrict zbuf, T *restrict ebuf, const T *m, const T *lse_s,
+                      const T *coef, const T *gr, const T *z_y, const T *w_y,
+                      const int64_t *yi, const int *ign) {
+    const T eps = (T)pb->label_smoothing, cap = (T)pb->softcap;
+    const T *restrict w = (const T *)pb->w;
+    const int soft = pb->q != NULL;
+    const T qeps = eps / (T)C, qkeep = 1 - eps;
+    const size_t esz = elsize(pb->dtype);
+    T pc[TILE], gt[TILE], sy[TILE];
+    int32_t y32[TILE];
+    for (int b = 0; b < TILE; b++) {
+        sy[b] = (soft || ign[b] || b >= nb) ? 0 : z_y[b] - m[b];
+        y32[b] = (soft || ign[b] || b >= nb) ? -1 : (int32_t)yi[b];
+    }
+#pragma omp simd
+    for (int b = 0; b < TILE; b++) {
+        pc[b] = EXP(-lse_s[b]) * coef[b] * gr[b];
+        T d = GRAD_TARGET(pb, sy[b], lse_s[b], w_y[b], coef[b], gr[b]);
+        if (cap > 0) {
+            T t = z_y[b] / cap;
+            d *= (1 - t * t);
+        }
+        gt[b] = d;
+    }
+    VT vpc, vgt, vgr;
+    VI vy;
+    memcpy(&vpc, pc, sizeof vpc);
+    memcpy(&vgt, gt, sizeof vgt);
+    memcpy(&vgr, gr, sizeof vgr);
+    memcpy(&vy, y32, sizeof vy);
+    for (Py_ssize_t c = 0; c < C; c++) {
+        VT e, d;
+        memcpy(&e, ebuf + c * TILE, sizeof e);
+        d = e * vpc;
+        const T wc = w ? w[c] : 1;
+        if (soft) {
+            T qc[TILE];
+            for (int b = 0; b < TILE; b++)
+                qc[b] = b < nb ? ((const T *)pb->q)[(size_t)(r + b) * C + c] : 0;
+            VT vq;
+            memcpy(&vq, qc, sizeof vq);
+            d -= ((qkeep * vq + qeps) * wc) * vgr;
+        } else if (eps > 0) {
+            d -= (qeps * wc) * vgr;
+        }
+        if (cap > 0) {
+            VT z;
+            memcpy(&z, zbuf + c * TILE, sizeof z);
+            VT t = z / cap;
+            d *= 1 - t * t;
+        }
+        if (!soft) d = SEL(vy == (int32_t)c, vgt, d);
+        memcpy(ebuf + c * TILE, &d, sizeof d);
+    }
+    const Py_ssize_t gs = pb->grad_stride;
+    char *g0 = pb->grad + (size_t)r * gs * esz;
+    if (STORAGE_IS_T && nb == TILE && gs == C) {
+        /* transpose back in registers; stores in address order, each a full vector that
+           may run past the row's end into the next row, whose own stores come later and
+           overwrite it (the tile's last row is stored exactly: the next belongs to another
+           tile, perhaps another thread) */
+        VT a[SMALL_C / VL][VL];
+        const int groups = (int)((C + VL - 1) / VL);
+        for (int k = 0; k < groups; k++) {
+            for (int j = 0; j < VL; j++) {
+                if (k * VL + j < C) memcpy(&a[k][j], ebuf + (k * VL + j) * TILE, sizeof(VT));
+                else a[k][j] = (VT){0};
+            }
+            transpose16_f32(a[k]);
+        }
+        for (int b = 0; b < TILE - 1; b++)
+            for (int k = 0; k < groups; k++) memcpy((T *)g0 + b * C + k * VL, &a[k][b], sizeof(VT));
+        for (int k = 0; k < groups; k++) {
+            T last[VL];
+            memcpy(last, &a[k][TILE - 1], sizeof last);
+            for (Py_ssize_t c = k * VL; c < C && c < (k + 1) * VL; c++)
+                ((T *)g0)[(TILE - 1) * C + c] = last[c - k * VL];
+        }
+        for (int b = 0; b < TILE; b++)
+            if (ign[b]) memset(g0 + (size_t)b * gs * esz, 0, (size_t)C * esz);
+        return;
+    }
+    for (int b = 0; b < nb; b++) {
+        char *grow = g0 + (size_t)b * gs * esz;
+        if (ign[b]) {
+            memset(grow, 0, (size_t)C * esz);
+            continue;
+        }
+        for (Py_ssize_t c = 0; c < C; c++) STORE(grow, c, ebuf[c * TILE + b]);
+    }
+}
+#endif
+
 /* TILE rows at once, one row per vector lane; zbuf and ebuf hold C * TILE values. */
 MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                                T *restrict zbuf, T *restrict ebuf, T *restrict unused) {
@@ -498,6 +596,9 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         }
         if (!want_grad) continue;
         for (int b = nb; b < TILE; b++) coef[b] = lse_s[b] = gr[b] = 0;
+#if VL == TILE
+        TILE_GRAD(pb, r, nb, C, zbuf, ebuf, m, lse_s, coef, gr, z_y, w_y, yi, ign);
+#else
         T pc[TILE];
 #pragma omp simd
         for (int b = 0; b < TILE; b++) pc[b] = EXP(-lse_s[b]) * coef[b] * gr[b];
@@ -536,6 +637,7 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
             }
             for (Py_ssize_t c = 0; c < C; c++) STORE(grow, c, ebuf[c * TILE + b]);
         }
+#endif
     }
 }
 
@@ -616,6 +718,7 @@ MULTIVERSION static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t
 #undef ROW_EXPSUM
 #undef VEXP_ANY
 #undef VFINISH
+#undef TILE_GRAD
 #undef ROWS
 #undef TILES
 #undef FINISH
