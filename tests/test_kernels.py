@@ -378,3 +378,62 @@ def test_probability_kernel_reports_the_exact_bad_element():
     x[2, 3] = 1.5
     with pytest.raises(crossent.ProbabilityRangeError, match=r"probs\[2, 3\] = 1.5"):
         crossent.cross_entropy(x, np.array([0, 1, 2, 3]), label_smoothing=0.1)
+
+
+# ------------------------------------------------------- wide rows: the class axis split
+
+@pytest.mark.parametrize("storage", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("opts", OPTIONS[1:] + [dict()], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+@pytest.mark.parametrize("kind", ["index", "soft"])
+def test_wide_rows_split_over_threads_give_the_same_bits(monkeypatch, storage, opts, kind):
+    """Fewer rows than threads: each row's classes are split over the threads; loss and
+    gradient must be bit for bit those of one thread (the partial sums combine in order)."""
+    if storage == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    else:
+        dtype = np.dtype(storage)
+    rng = np.random.default_rng(5)
+    n, c = 3, 5003  # classes not a multiple of the block (128) nor of the vector width
+    x = (rng.normal(size=(n, c)) * 4).astype(dtype)
+    x[0, 17] = -np.inf
+    opts = dict(opts)
+    if opts.get("weight") == "w":
+        opts["weight"] = (rng.random(c) + 0.1).astype(np.float64 if storage == "float64" else np.float32)
+    if kind == "index":
+        t = rng.integers(0, c, n)
+        if "ignore_index" in opts:
+            t[1] = -100
+    else:
+        opts.pop("ignore_index", None)
+        t = rng.dirichlet(np.ones(c), n).astype(np.float64 if storage == "float64" else np.float32)
+    monkeypatch.setattr(_kernels, "_WIDE_MIN_CLASSES", 1000)
+    results = {}
+    for threads in (1, 4):
+        crossent.set_num_threads(threads)
+        try:
+            loss, grad = crossent.softmax_cross_entropy_value_and_grad(x, t, **opts)
+            results[threads] = (np.asarray(loss), np.asarray(grad))
+            assert _kernels._last_wide == (4 if threads == 4 else 0)
+        finally:
+            crossent.set_num_threads(None)
+    np.testing.assert_array_equal(results[4][0], results[1][0])
+    np.testing.assert_array_equal(results[4][1].astype(np.float64), results[1][1].astype(np.float64))
+    with reference_only(monkeypatch):
+        ref, rgrad = crossent.softmax_cross_entropy_value_and_grad(x, t, **opts)
+    assert_close(results[4][0], ref, "float64" if storage == "float64" else "float32")
+
+
+@pytest.mark.parametrize("n, c", [(32, 5), (48, 3), (33, 16), (64, 29), (40, 1)])
+def test_small_c_gradient_stores_stay_inside_the_output(n, c):
+    """Regression: the small-C tiles store gradient rows by whole vectors; a vector that
+    ran past the tile's last row wrote beyond the output (heap corruption at N = 32, C = 5)."""
+    rng = np.random.default_rng(n + c)
+    x = rng.normal(size=(n, c)).astype(np.float32)
+    y = rng.integers(0, c, n)
+    buf = np.full(n * c + 64, 7.0, dtype=np.float32)
+    out = buf[: n * c].reshape(n, c)
+    _, grad = crossent.softmax_cross_entropy_value_and_grad(x, y, out=out, label_smoothing=0.1)
+    assert grad is out
+    np.testing.assert_array_equal(buf[n * c :], 7.0)
+    _, ref = crossent.softmax_cross_entropy_value_and_grad(x, y, label_smoothing=0.1)
+    np.testing.assert_array_equal(out, ref)

@@ -502,7 +502,48 @@ typedef struct {
     char *grad;             /* gradient (storage dtype), rows of n_cols, stride grad_stride */
     Py_ssize_t grad_stride;
     int n_threads;
+    Py_ssize_t wide_min;    /* fewer rows than threads: split the class axis when every
+                               thread gets at least this many classes */
 } Problem;
+
+/* One row of the wide mode (WIDE_ROWS): what the phases share. */
+typedef struct WideJob {
+    const Problem *pb;
+    Py_ssize_t r;
+    int nt, phase, general, wsum;
+    void *zbuf, *ebuf, *stats, *bsum, *bw; /* whole-row and per-block scratch */
+    double m, row_max, pc, gr, target;
+} WideJob;
+
+typedef struct {
+    WideJob *job;
+    void (*fn)(WideJob *, int);
+    int tid;
+} WideArg;
+
+static void *wide_thread(void *arg) {
+    WideArg *a = (WideArg *)arg;
+    a->fn(a->job, a->tid);
+    return NULL;
+}
+
+/* run fn(job, tid) for tid = 0 .. nt - 1, tid 0 in the calling thread */
+static void wide_run(WideJob *job, void (*fn)(WideJob *, int)) {
+    pthread_t th[256];
+    WideArg args[256];
+    int started[256] = {0};
+    for (int t = 1; t < job->nt; t++) {
+        args[t].job = job;
+        args[t].fn = fn;
+        args[t].tid = t;
+        started[t] = pthread_create(&th[t], NULL, wide_thread, &args[t]) == 0;
+    }
+    fn(job, 0);
+    for (int t = 1; t < job->nt; t++) {
+        if (started[t]) pthread_join(th[t], NULL);
+        else fn(job, t);
+    }
+}
 
 static inline size_t elsize(int dtype) { return dtype == DT_F64 ? 8 : dtype == DT_F32 ? 4 : 2; }
 
@@ -711,10 +752,52 @@ static void *run_task(void *arg) {
     return NULL;
 }
 
-/* Split rows evenly over threads; the calling thread takes the first share. */
-static int run_parallel(const Problem *pb) {
+/* The wide mode's scratch and driver. */
+static int run_wide(const Problem *pb, int nt) {
+    const Py_ssize_t C = pb->n_cols, nb = (C + SUM_BLOCK - 1) / SUM_BLOCK;
+    const size_t esz = pb->dtype == DT_F64 ? 8 : 4;
+    WideJob job;
+    memset(&job, 0, sizeof job);
+    job.pb = pb;
+    job.nt = nt;
+    job.zbuf = malloc((size_t)C * esz);
+    job.ebuf = malloc((size_t)C * esz);
+    job.stats = malloc(2 * (size_t)nb * esz);
+    job.bw = malloc(2 * (size_t)nb * esz);
+    job.bsum = aligned_alloc(64, 2 * (size_t)nb * 64);
+    int failed = !job.zbuf || !job.ebuf || !job.stats || !job.bw || !job.bsum;
+    if (!failed) {
+        switch (pb->dtype) {
+        case DT_F32: wide_rows_f32(&job); break;
+        case DT_F64: wide_rows_f64(&job); break;
+        case DT_BF16: wide_rows_bf16(&job); break;
+#if HAVE_F16
+        case DT_F16: wide_rows_f16(&job); break;
+#endif
+        }
+    }
+    free(job.zbuf);
+    free(job.ebuf);
+    free(job.stats);
+    free(job.bw);
+    free(job.bsum);
+    return failed;
+}
+
+/* Split rows evenly over threads; the calling thread takes the first share. Fewer rows than
+ * threads, each wide enough: split the class axis instead (run_wide). */
+static int run_parallel(const Problem *pb, int *wide) {
     int nt = pb->n_threads < 1 ? 1 : pb->n_threads;
     if (nt > 256) nt = 256;
+    *wide = 0;
+    if ((Py_ssize_t)nt > pb->n_rows && pb->n_cols > SMALL_C && pb->wide_min > 0) {
+        Py_ssize_t by_cols = pb->n_cols / pb->wide_min;
+        int wide_nt = by_cols < nt ? (int)by_cols : nt;
+        if (wide_nt >= 2) {
+            *wide = wide_nt;
+            return run_wide(pb, wide_nt);
+        }
+    }
     if ((Py_ssize_t)nt > pb->n_rows) nt = pb->n_rows > 0 ? (int)pb->n_rows : 1;
     Task tasks[256];
     pthread_t threads[256];
@@ -804,10 +887,11 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     Problem pb;
     unsigned long long x, y, q, w, loss, lse, g, grad, lse_in = 0;
     memset(&pb, 0, sizeof pb);
-    if (!PyArg_ParseTuple(args, "iKnnnKKKddddKKKKni|K", &pb.dtype, &x, &pb.n_rows, &pb.n_cols,
+    pb.wide_min = (Py_ssize_t)1 << 18;
+    if (!PyArg_ParseTuple(args, "iKnnnKKKddddKKKKni|Kn", &pb.dtype, &x, &pb.n_rows, &pb.n_cols,
                           &pb.row_stride, &y, &q, &w, &pb.label_smoothing, &pb.z_loss,
                           &pb.softcap, &pb.w_sum, &loss, &lse, &g, &grad, &pb.grad_stride,
-                          &pb.n_threads, &lse_in))
+                          &pb.n_threads, &lse_in, &pb.wide_min))
         return NULL;
     if (lse_in && (!g || !grad)) {
         PyErr_SetString(PyExc_ValueError, "a saved lse is only used to compute the gradient");
@@ -834,12 +918,12 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     pb.g = (const char *)(uintptr_t)g;
     pb.grad = (char *)(uintptr_t)grad;
     pb.lse_in = (const char *)(uintptr_t)lse_in;
-    int failed;
+    int failed, wide;
     Py_BEGIN_ALLOW_THREADS
-    failed = run_parallel(&pb);
+    failed = run_parallel(&pb, &wide);
     Py_END_ALLOW_THREADS
     if (failed) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return PyLong_FromLong(wide); /* threads sharing each row's classes (0: rows split) */
 }
 
 /* The elementary functions over a buffer: exposed so that the tests can compare them with

@@ -25,6 +25,15 @@
 #define NLLROWS CAT(nll_rows, SUFFIX)
 #define BLOCK_STATS CAT(block_stats, SUFFIX)
 #define BLOCK_EXPSUM CAT(block_expsum, SUFFIX)
+#define BLOCK_PASS2 CAT(block_pass2, SUFFIX)
+#define ROW_SHIFT CAT(row_shift, SUFFIX)
+#define BLOCK_WSUM CAT(block_wsum, SUFFIX)
+#define ROW_GRAD CAT(row_grad, SUFFIX)
+#define WIDE_PHASE CAT(wide_phase, SUFFIX)
+#define WIDE_ROWS CAT(wide_rows, SUFFIX)
+#define USE_ZBUF CAT(use_zbuf, SUFFIX)
+#define ROW_ZBUF CAT(row_zbuf, SUFFIX)
+#define ROW_FINISH CAT(row_finish_all, SUFFIX)
 #define ROW_EXPSUM CAT(row_expsum, SUFFIX)
 #define VEXP_ANY CAT(vexp_any, SUFFIX)
 #define VFINISH CAT(vrow_finish, SUFFIX)
@@ -112,7 +121,7 @@ INLINE VT VEXP_ANY(VT s) {
  * loop at each call site (always inline). */
 INLINE void BLOCK_EXPSUM(const char *src, const int from_t, Py_ssize_t c0, Py_ssize_t c1,
                          T m, const int fast, const int split, const int want_e,
-                         T *restrict ebuf, vf64 rest[2], VT *top) {
+                         T *restrict ebuf, VT *br_out, VT *bt_out, const char *next) {
     const VT vm = (VT){0} + m, zero = {0}, one = (VT){0} + 1;
     VT br = zero, bt = zero;
     Py_ssize_t c = c0;
@@ -129,8 +138,12 @@ INLINE void BLOCK_EXPSUM(const char *src, const int from_t, Py_ssize_t c0, Py_ss
             br += e;                                                                     \
         }                                                                                \
     }
-    for (; c + VL <= c1; c += VL)
+    /* while the exps are computed, fetch the next row into L2: pass 1 of the next row then
+       finds it there instead of waiting for memory (one prefetch per VL elements) */
+    for (; c + VL <= c1; c += VL) {
+        if (next) __builtin_prefetch(next + c * STORAGE_SIZE, 0, 2);
         EXPSUM_STEP(from_t ? VLOADT(src, c) : VLOADX(src, c), memcpy(ebuf + c, &e, sizeof e))
+    }
     if (c < c1) {
         const int n = (int)(c1 - c);
         EXPSUM_STEP(from_t ? VLOADT_tail(src, c, n, -(T)INFINITY)
@@ -138,8 +151,34 @@ INLINE void BLOCK_EXPSUM(const char *src, const int from_t, Py_ssize_t c0, Py_ss
                     memcpy(ebuf + c, &e, (size_t)n * sizeof(T)))
     }
 #undef EXPSUM_STEP
-    WIDEN_ADD(rest, br);
-    *top += bt;
+    *br_out = br;
+    *bt_out = bt;
+}
+
+/* pass 2 of one block, with the flags of its statistics: the block's partial sums */
+INLINE void BLOCK_PASS2(const char *src, const int from_t, Py_ssize_t k, Py_ssize_t C,
+                        const T *stats, T m, T row_max, int general, int backward,
+                        const int want_e, T *restrict ebuf, VT *br, VT *bt, const char *next) {
+    const Py_ssize_t c0 = k * SUM_BLOCK, c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
+    const int split = !backward && (general || stats[2 * k] == row_max);
+    const int fast = !general && stats[2 * k + 1] - m >= FAST_EXP_MIN;
+#define EXPSUM_CASE(F, S)                                                                \
+    if (want_e) BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 1, ebuf, br, bt, next);       \
+    else BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 0, ebuf, br, bt, next);
+    if (fast && !split) { EXPSUM_CASE(1, 0) }
+    else if (fast) { EXPSUM_CASE(1, 1) }
+    else if (!split) { EXPSUM_CASE(0, 0) }
+    else { EXPSUM_CASE(0, 1) }
+#undef EXPSUM_CASE
+}
+
+/* The shift from the row maximum: 0 for a row without a finite maximum (+inf, all -inf,
+ * all NaN), as crossent._reference does; the saved lse in backward mode. Returns whether
+ * the general exp is needed everywhere. */
+INLINE int ROW_SHIFT(T row_max, const T *lse_in_r, T *m) {
+    const int finite = isfinite(row_max);
+    *m = lse_in_r ? *lse_in_r : (finite ? row_max : 0);
+    return !finite || !isfinite(*m);
 }
 
 /* Passes 1 and 2 over a row: the shift m (the maximum, or the saved lse), the sum of the
@@ -148,7 +187,7 @@ INLINE void BLOCK_EXPSUM(const char *src, const int from_t, Py_ssize_t c0, Py_ss
  * NaN) shifts by 0, as crossent._reference does, and uses the general exp. */
 INLINE void ROW_EXPSUM(const char *src, const int from_t, Py_ssize_t C, const T *lse_in_r,
                        const int want_e, T *restrict ebuf, T *restrict stats, T *m_out,
-                       double *rest_out, double *top_out) {
+                       double *rest_out, double *top_out, const char *next) {
     const Py_ssize_t nb = (C + SUM_BLOCK - 1) / SUM_BLOCK;
     T m = -INFINITY;
     for (Py_ssize_t k = 0; k < nb; k++) {
@@ -156,74 +195,32 @@ INLINE void ROW_EXPSUM(const char *src, const int from_t, Py_ssize_t C, const T 
         BLOCK_STATS(src, from_t, c0, c1, &stats[2 * k], &stats[2 * k + 1]);
         m = stats[2 * k] > m ? stats[2 * k] : m;
     }
-    const int finite = isfinite(m);
     const T row_max = m;
-    if (lse_in_r) m = *lse_in_r; /* backward from a saved lse: exp(z - lse) is the softmax */
-    else if (!finite) m = 0;
-    const int general = !finite || !isfinite(m);
+    const int general = ROW_SHIFT(row_max, lse_in_r, &m);
     vf64 rest[2] = {{0}, {0}};
     VT top = {0};
     for (Py_ssize_t k = 0; k < nb; k++) {
-        const Py_ssize_t c0 = k * SUM_BLOCK, c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
-        const int split = !lse_in_r && (general || stats[2 * k] == row_max);
-        const int fast = !general && stats[2 * k + 1] - m >= FAST_EXP_MIN;
-#define EXPSUM_CASE(F, S)                                                                \
-    if (want_e) BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 1, ebuf, rest, &top);         \
-    else BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 0, ebuf, rest, &top);
-        if (fast && !split) { EXPSUM_CASE(1, 0) }
-        else if (fast) { EXPSUM_CASE(1, 1) }
-        else if (!split) { EXPSUM_CASE(0, 0) }
-        else { EXPSUM_CASE(0, 1) }
-#undef EXPSUM_CASE
+        VT br, bt;
+        BLOCK_PASS2(src, from_t, k, C, stats, m, row_max, general, lse_in_r != NULL, want_e,
+                    ebuf, &br, &bt, next);
+        WIDEN_ADD(rest, br);
+        top += bt;
     }
     *m_out = m;
     *rest_out = hsum_f64(rest[0] + rest[1]);
     *top_out = (double)HSUM(top);
 }
 
-MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
-                              T *restrict zbuf, T *restrict ebuf, T *restrict stats) {
+/* sum_c a_c (m - z_c) and sum_c a_c over block k, a = w q' (soft targets) or w (label
+ * smoothing), with 0 * inf = 0. One loop per case: a branch inside keeps GCC from
+ * vectorising, and a scalar running sum of C terms is biased by up to C/2 ulps. */
+INLINE void BLOCK_WSUM(const Problem *pb, const T *restrict z, const T *restrict qrow, T m,
+                       Py_ssize_t k, T *bw_out, T *bwz_out) {
     const Py_ssize_t C = pb->n_cols;
-    const T eps = (T)pb->label_smoothing, cap = (T)pb->softcap;
+    const Py_ssize_t c0 = k * SUM_BLOCK, c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
     const T *restrict w = (const T *)pb->w;
-    const T *restrict lse_in = (const T *)pb->lse_in;
-    const int soft = pb->q != NULL, want_grad = pb->g != NULL;
-    /* zbuf holds the row in the compute type where later passes need it as an array:
-       softcapped values, and 16-bit storage with soft targets or smoothing (the weighted
-       sums); otherwise every pass reads the row itself (16-bit values converted on the fly) */
-    const int use_zbuf = cap > 0 || (!STORAGE_IS_T && (soft || eps > 0));
-    const T qeps = eps / (T)C, qkeep = 1 - eps;
-    const size_t esz = elsize(pb->dtype);
-    for (Py_ssize_t r = r0; r < r1; r++) {
-        const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;
-        const T *restrict z = STORAGE_IS_T ? (const T *)xrow : NULL;
-        if (use_zbuf) {
-            if (cap > 0) {
-#pragma omp simd
-                for (Py_ssize_t c = 0; c < C; c++) zbuf[c] = cap * TANH(LOAD(xrow, c) / cap);
-            } else {
-#pragma omp simd
-                for (Py_ssize_t c = 0; c < C; c++) zbuf[c] = LOAD(xrow, c);
-            }
-            z = zbuf;
-        }
-        T m;
-        double rest, top;
-        if (z) ROW_EXPSUM((const char *)z, 1, C, lse_in ? lse_in + r : NULL, want_grad, ebuf,
-                          stats, &m, &rest, &top);
-        else ROW_EXPSUM(xrow, 0, C, lse_in ? lse_in + r : NULL, want_grad, ebuf, stats, &m,
-                        &rest, &top);
-        Sum sw = {0, 0}, swz = {0, 0};
-        const T *restrict qrow = soft ? (const T *)pb->q + (size_t)r * C : NULL;
-        const int64_t yi = soft ? 0 : pb->y[r];
-        const int ignored = !soft && yi < 0;
-        /* sum_c a_c (m - z_c) and sum_c a_c, a = w q' (soft) or w (smoothing); 0 * inf = 0 */
-        if (soft || (eps > 0 && !ignored)) {
-            for (Py_ssize_t c0 = 0; c0 < C; c0 += SUM_BLOCK) {
-                const Py_ssize_t c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
-                T bw = 0, bwz = 0;
-                /* one loop per case: a branch inside keeps GCC from vectorising, and a
-                   scalar running sum of C terms is biased by up to C/2 ulps */
+    const T eps = (T)pb->label_smoothing, qeps = eps / (T)C, qkeep = 1 - eps;
+    T bw = 0, bwz = 0;
 #define WSUM_LOOP(A_EXPR)                                                                \
     _Pragma("omp simd reduction(+ : bw, bwz)")                                           \
     for (Py_ssize_t c = c0; c < c1; c++) {                                               \
@@ -232,63 +229,236 @@ MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         bwz += (a == 0 && (d == INFINITY || d == -INFINITY)) ? 0 : a * d;                \
         bw += a;                                                                         \
     }
-                if (soft && w) {
-                    WSUM_LOOP((qkeep * qrow[c] + qeps) * w[c])
-                } else if (soft) {
-                    WSUM_LOOP(qkeep * qrow[c] + qeps)
-                } else if (w) {
-                    WSUM_LOOP(w[c])
-                } else {
-                    WSUM_LOOP((T)1)
-                }
+    if (qrow && w) {
+        WSUM_LOOP((qkeep * qrow[c] + qeps) * w[c])
+    } else if (qrow) {
+        WSUM_LOOP(qkeep * qrow[c] + qeps)
+    } else if (w) {
+        WSUM_LOOP(w[c])
+    } else {
+        WSUM_LOOP((T)1)
+    }
 #undef WSUM_LOOP
+    *bw_out = bw;
+    *bwz_out = bwz;
+}
+
+/* pass 3 over columns [c0, c1): the gradient from the exponentials in ebuf; `target` is
+ * the gradient's entry at the class index yi (index targets) */
+INLINE void ROW_GRAD(const Problem *pb, const T *restrict z, const T *restrict qrow,
+                     T *restrict ebuf, char *grow, Py_ssize_t c0, Py_ssize_t c1, T pc, T gr,
+                     int64_t yi, T target) {
+    const T *restrict w = (const T *)pb->w;
+    const T eps = (T)pb->label_smoothing, cap = (T)pb->softcap;
+    const T qeps = eps / (T)pb->n_cols, qkeep = 1 - eps;
+    const int soft = qrow != NULL;
+    if (soft) {
+#pragma omp simd
+        for (Py_ssize_t c = c0; c < c1; c++) {
+            T a = qkeep * qrow[c] + qeps;
+            if (w) a = a * w[c];
+            ebuf[c] = ebuf[c] * pc - a * gr;
+        }
+    } else if (eps > 0) {
+        const T sub = qeps * gr;
+#pragma omp simd
+        for (Py_ssize_t c = c0; c < c1; c++) ebuf[c] = ebuf[c] * pc - (w ? w[c] * sub : sub);
+    } else {
+#pragma omp simd
+        for (Py_ssize_t c = c0; c < c1; c++) ebuf[c] = ebuf[c] * pc;
+    }
+    if (!soft && c0 <= yi && yi < c1) ebuf[yi] = target;
+    if (cap > 0) {
+#pragma omp simd
+        for (Py_ssize_t c = c0; c < c1; c++) {
+            T t = z[c] / cap;
+            ebuf[c] *= (1 - t * t); /* d tanh = 1 - tanh^2 */
+        }
+    }
+#pragma omp simd
+    for (Py_ssize_t c = c0; c < c1; c++) STORE(grow, c, ebuf[c]);
+}
+
+/* zbuf holds the row in the compute type where later passes need it as an array:
+ * softcapped values, and 16-bit storage with soft targets or smoothing (the weighted sums);
+ * otherwise every pass reads the row itself (16-bit values converted on the fly) */
+INLINE int USE_ZBUF(const Problem *pb) {
+    return pb->softcap > 0 || (!STORAGE_IS_T && (pb->q != NULL || pb->label_smoothing > 0));
+}
+
+INLINE void ROW_ZBUF(const Problem *pb, const char *xrow, T *restrict zbuf, Py_ssize_t c0,
+                     Py_ssize_t c1) {
+    const T cap = (T)pb->softcap;
+    if (cap > 0) {
+#pragma omp simd
+        for (Py_ssize_t c = c0; c < c1; c++) zbuf[c] = cap * TANH(LOAD(xrow, c) / cap);
+    } else {
+#pragma omp simd
+        for (Py_ssize_t c = c0; c < c1; c++) zbuf[c] = LOAD(xrow, c);
+    }
+}
+
+/* After passes 1 and 2 of row r: loss and lse written, and for the gradient pass the
+ * softmax factor pc, the upstream gradient gr and the target entry. Returns whether the
+ * gradient pass follows (0: no gradient wanted; an ignored row's gradient is zeroed here). */
+INLINE int ROW_FINISH(const Problem *pb, Py_ssize_t r, const char *xrow, const T *z, T m,
+                      double rest, double top, const Sum *sw, const Sum *swz, T *pc, T *gr,
+                      T *target) {
+    const T *restrict w = (const T *)pb->w;
+    const int soft = pb->q != NULL;
+    const int64_t yi = soft ? 0 : pb->y[r];
+    const int ignored = !soft && yi < 0;
+    const T z_y = (soft || ignored) ? 0 : (z ? z[yi] : LOAD(xrow, yi));
+    const T w_y = (soft || ignored || !w) ? 1 : w[yi];
+    /* the maximal terms kept out of the sum */
+    const T lse_s = pb->lse_in ? 0 : LOG1P((T)(rest + (top - 1)));
+    T loss_r, lse_r;
+    const T coef = FINISH(pb, m, lse_s, (T)sum_value(sw), (T)sum_value(swz), z_y, w_y,
+                          ignored, &loss_r, &lse_r);
+    if (pb->loss) ((T *)pb->loss)[r] = loss_r; /* both NULL in backward-only (lse_in) mode */
+    if (pb->lse) ((T *)pb->lse)[r] = lse_r;
+    if (!pb->g) return 0;
+    if (ignored) {
+        memset(pb->grad + (size_t)r * pb->grad_stride * elsize(pb->dtype), 0,
+               (size_t)pb->n_cols * elsize(pb->dtype));
+        return 0;
+    }
+    *gr = ((const T *)pb->g)[r];
+    *pc = EXP(-lse_s) * coef * *gr;
+    *target = soft ? 0 : GRAD_TARGET(pb, z_y - m, lse_s, w_y, coef, *gr);
+    return 1;
+}
+
+MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
+                              T *restrict zbuf, T *restrict ebuf, T *restrict stats) {
+    const Py_ssize_t C = pb->n_cols;
+    const T eps = (T)pb->label_smoothing;
+    const T *restrict lse_in = (const T *)pb->lse_in;
+    const int soft = pb->q != NULL, want_grad = pb->g != NULL;
+    const int use_zbuf = USE_ZBUF(pb);
+    const size_t esz = elsize(pb->dtype);
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;
+        const T *restrict z = STORAGE_IS_T ? (const T *)xrow : NULL;
+        if (use_zbuf) {
+            ROW_ZBUF(pb, xrow, zbuf, 0, C);
+            z = zbuf;
+        }
+        T m;
+        double rest, top;
+        const char *next = r + 1 < r1 ? xrow + pb->row_stride * esz : NULL;
+        if (z) ROW_EXPSUM((const char *)z, 1, C, lse_in ? lse_in + r : NULL, want_grad, ebuf,
+                          stats, &m, &rest, &top, next);
+        else ROW_EXPSUM(xrow, 0, C, lse_in ? lse_in + r : NULL, want_grad, ebuf, stats, &m,
+                        &rest, &top, next);
+        Sum sw = {0, 0}, swz = {0, 0};
+        const T *restrict qrow = soft ? (const T *)pb->q + (size_t)r * C : NULL;
+        const int64_t yi = soft ? 0 : pb->y[r];
+        const int ignored = !soft && yi < 0;
+        /* sum_c a_c (m - z_c) and sum_c a_c, a = w q' (soft) or w (smoothing); 0 * inf = 0 */
+        if (soft || (eps > 0 && !ignored)) {
+            for (Py_ssize_t k = 0; k * SUM_BLOCK < C; k++) {
+                T bw, bwz;
+                BLOCK_WSUM(pb, z, qrow, m, k, &bw, &bwz);
                 sum_add(&sw, bw);
                 sum_add(&swz, bwz);
             }
         }
-        const T z_y = (soft || ignored) ? 0 : (z ? z[yi] : LOAD(xrow, yi));
-        const T w_y = (soft || ignored || !w) ? 1 : w[yi];
-        /* the maximal terms kept out of the sum */
-        const T lse_s = lse_in ? 0 : LOG1P((T)(rest + (top - 1)));
-        T loss_r, lse_r;
-        const T coef = FINISH(pb, m, lse_s, (T)sum_value(&sw), (T)sum_value(&swz), z_y, w_y,
-                              ignored, &loss_r, &lse_r);
-        if (pb->loss) ((T *)pb->loss)[r] = loss_r; /* both NULL in backward-only (lse_in) mode */
-        if (pb->lse) ((T *)pb->lse)[r] = lse_r;
-        if (!want_grad) continue;
-        /* pass 3: the gradient, from the exponentials in ebuf */
+        T pc, gr, target;
+        if (!ROW_FINISH(pb, r, xrow, z, m, rest, top, &sw, &swz, &pc, &gr, &target)) continue;
         char *grow = pb->grad + (size_t)r * pb->grad_stride * esz;
-        if (ignored) {
-            memset(grow, 0, (size_t)C * esz);
+        ROW_GRAD(pb, z, qrow, ebuf, grow, 0, C, pc, gr, yi, target);
+    }
+}
+
+/* Rows fewer than threads (and wide): the class axis of each row split over the threads,
+ * in three phases with a join after each: (1) block statistics, (2) the blocks' partial
+ * exp-sums and weighted sums, (3) the gradient. Between the phases the calling thread
+ * combines the per-block partials in block order, exactly as ROWS does, so a row's
+ * results are the same bits whichever way it was computed. */
+MULTIVERSION static void WIDE_PHASE(WideJob *j, int tid) {
+    const Problem *pb = j->pb;
+    const Py_ssize_t C = pb->n_cols, nb = (C + SUM_BLOCK - 1) / SUM_BLOCK, r = j->r;
+    const Py_ssize_t k0 = nb * tid / j->nt, k1 = nb * (tid + 1) / j->nt;
+    const Py_ssize_t c0 = k0 * SUM_BLOCK, c1 = k1 * SUM_BLOCK < C ? k1 * SUM_BLOCK : C;
+    const size_t esz = elsize(pb->dtype);
+    const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;
+    T *zbuf = (T *)j->zbuf, *ebuf = (T *)j->ebuf, *stats = (T *)j->stats, *bw = (T *)j->bw;
+    VT *bsum = (VT *)j->bsum;
+    const T *z = USE_ZBUF(pb) ? zbuf : (STORAGE_IS_T ? (const T *)xrow : NULL);
+    const char *src = z ? (const char *)z : xrow;
+    const int from_t = z != NULL;
+    const T *qrow = pb->q ? (const T *)pb->q + (size_t)r * C : NULL;
+    if (j->phase == 1) {
+        if (USE_ZBUF(pb)) ROW_ZBUF(pb, xrow, zbuf, c0, c1);
+        for (Py_ssize_t k = k0; k < k1; k++) {
+            const Py_ssize_t b0 = k * SUM_BLOCK, b1 = b0 + SUM_BLOCK < C ? b0 + SUM_BLOCK : C;
+            if (from_t) BLOCK_STATS(src, 1, b0, b1, &stats[2 * k], &stats[2 * k + 1]);
+            else BLOCK_STATS(src, 0, b0, b1, &stats[2 * k], &stats[2 * k + 1]);
+        }
+    } else if (j->phase == 2) {
+        const T m = (T)j->m, row_max = (T)j->row_max;
+        const int backward = pb->lse_in != NULL, want_e = pb->g != NULL;
+        for (Py_ssize_t k = k0; k < k1; k++) {
+#define PASS2(FT, WE)                                                                    \
+    BLOCK_PASS2(src, FT, k, C, stats, m, row_max, j->general, backward, WE, ebuf,         \
+                &bsum[2 * k], &bsum[2 * k + 1], NULL)
+            if (from_t && want_e) PASS2(1, 1);
+            else if (from_t) PASS2(1, 0);
+            else if (want_e) PASS2(0, 1);
+            else PASS2(0, 0);
+#undef PASS2
+            if (j->wsum) BLOCK_WSUM(pb, z, qrow, m, k, &bw[2 * k], &bw[2 * k + 1]);
+        }
+    } else {
+        char *grow = pb->grad + (size_t)r * pb->grad_stride * esz;
+        ROW_GRAD(pb, z, qrow, ebuf, grow, c0, c1, (T)j->pc, (T)j->gr,
+                 pb->q ? 0 : pb->y[r], (T)j->target);
+    }
+}
+
+MULTIVERSION static void WIDE_ROWS(WideJob *j) {
+    const Problem *pb = j->pb;
+    const Py_ssize_t C = pb->n_cols, nb = (C + SUM_BLOCK - 1) / SUM_BLOCK;
+    const T *stats = (const T *)j->stats, *bw = (const T *)j->bw;
+    const VT *bsum = (const VT *)j->bsum;
+    const size_t esz = elsize(pb->dtype);
+    for (Py_ssize_t r = 0; r < pb->n_rows; r++) {
+        const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;
+        const T *z = USE_ZBUF(pb) ? (const T *)j->zbuf : (STORAGE_IS_T ? (const T *)xrow : NULL);
+        j->r = r;
+        j->phase = 1;
+        wide_run(j, WIDE_PHASE);
+        T row_max = -INFINITY, m;
+        for (Py_ssize_t k = 0; k < nb; k++) row_max = stats[2 * k] > row_max ? stats[2 * k] : row_max;
+        const T *lse_in = (const T *)pb->lse_in;
+        j->general = ROW_SHIFT(row_max, lse_in ? lse_in + r : NULL, &m);
+        j->m = m;
+        j->row_max = row_max;
+        const int ignored = !pb->q && pb->y[r] < 0;
+        j->wsum = pb->q != NULL || (pb->label_smoothing > 0 && !ignored);
+        j->phase = 2;
+        wide_run(j, WIDE_PHASE);
+        vf64 rest[2] = {{0}, {0}};
+        VT top = {0};
+        Sum sw = {0, 0}, swz = {0, 0};
+        for (Py_ssize_t k = 0; k < nb; k++) {
+            WIDEN_ADD(rest, bsum[2 * k]);
+            top += bsum[2 * k + 1];
+            if (j->wsum) {
+                sum_add(&sw, bw[2 * k]);
+                sum_add(&swz, bw[2 * k + 1]);
+            }
+        }
+        T pc, gr, target;
+        if (!ROW_FINISH(pb, r, xrow, z, m, hsum_f64(rest[0] + rest[1]), (double)HSUM(top), &sw,
+                        &swz, &pc, &gr, &target))
             continue;
-        }
-        const T gr = ((const T *)pb->g)[r];
-        const T pc = EXP(-lse_s) * coef * gr;
-        if (soft) {
-#pragma omp simd
-            for (Py_ssize_t c = 0; c < C; c++) {
-                T a = qkeep * qrow[c] + qeps;
-                if (w) a = a * w[c];
-                ebuf[c] = ebuf[c] * pc - a * gr;
-            }
-        } else if (eps > 0) {
-            const T sub = qeps * gr;
-#pragma omp simd
-            for (Py_ssize_t c = 0; c < C; c++) ebuf[c] = ebuf[c] * pc - (w ? w[c] * sub : sub);
-        } else {
-#pragma omp simd
-            for (Py_ssize_t c = 0; c < C; c++) ebuf[c] = ebuf[c] * pc;
-        }
-        if (!soft) ebuf[yi] = GRAD_TARGET(pb, z_y - m, lse_s, w_y, coef, gr);
-        if (cap > 0) {
-#pragma omp simd
-            for (Py_ssize_t c = 0; c < C; c++) {
-                T t = z[c] / cap;
-                ebuf[c] *= (1 - t * t); /* d tanh = 1 - tanh^2 */
-            }
-        }
-#pragma omp simd
-        for (Py_ssize_t c = 0; c < C; c++) STORE(grow, c, ebuf[c]);
+        j->pc = pc;
+        j->gr = gr;
+        j->target = target;
+        j->phase = 3;
+        wide_run(j, WIDE_PHASE);
     }
 }
 
@@ -389,10 +559,10 @@ INLINE void TILE_GRAD(const Problem *pb, Py_ssize_t r, int nb, Py_ssize_t C,
     const Py_ssize_t gs = pb->grad_stride;
     char *g0 = pb->grad + (size_t)r * gs * esz;
     if (STORAGE_IS_T && nb == TILE && gs == C) {
-        /* transpose back in registers; stores in address order, each a full vector that
-           may run past the row's end into the next row, whose own stores come later and
-           overwrite it (the tile's last row is stored exactly: the next belongs to another
-           tile, perhaps another thread) */
+        /* transpose back in registers; stores in address order, each a full vector where it
+           ends inside the tile (running past the row's end into the next rows, whose own
+           stores come later and overwrite it), exact at the tile's end: what follows belongs
+           to another tile, perhaps another thread, or to nothing */
         VT a[SMALL_C / VL][VL];
         const int groups = (int)((C + VL - 1) / VL);
         for (int k = 0; k < groups; k++) {
@@ -402,14 +572,17 @@ INLINE void TILE_GRAD(const Problem *pb, Py_ssize_t r, int nb, Py_ssize_t C,
             }
             transpose16_f32(a[k]);
         }
-        for (int b = 0; b < TILE - 1; b++)
-            for (int k = 0; k < groups; k++) memcpy((T *)g0 + b * C + k * VL, &a[k][b], sizeof(VT));
-        for (int k = 0; k < groups; k++) {
-            T last[VL];
-            memcpy(last, &a[k][TILE - 1], sizeof last);
-            for (Py_ssize_t c = k * VL; c < C && c < (k + 1) * VL; c++)
-                ((T *)g0)[(TILE - 1) * C + c] = last[c - k * VL];
-        }
+        for (int b = 0; b < TILE; b++)
+            for (int k = 0; k < groups; k++) {
+                T *dst = (T *)g0 + b * C + k * VL;
+                if (b * C + (k + 1) * VL <= TILE * C) {
+                    memcpy(dst, &a[k][b], sizeof(VT));
+                } else {
+                    T lane[VL];
+                    memcpy(lane, &a[k][b], sizeof lane);
+                    for (Py_ssize_t c = 0; c < VL && k * VL + c < C; c++) dst[c] = lane[c];
+                }
+            }
         for (int b = 0; b < TILE; b++)
             if (ign[b]) memset(g0 + (size_t)b * gs * esz, 0, (size_t)C * esz);
         return;
@@ -715,6 +888,15 @@ MULTIVERSION static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t
 #undef NLLROWS
 #undef BLOCK_STATS
 #undef BLOCK_EXPSUM
+#undef BLOCK_PASS2
+#undef ROW_SHIFT
+#undef BLOCK_WSUM
+#undef ROW_GRAD
+#undef WIDE_PHASE
+#undef WIDE_ROWS
+#undef USE_ZBUF
+#undef ROW_ZBUF
+#undef ROW_FINISH
 #undef ROW_EXPSUM
 #undef VEXP_ANY
 #undef VFINISH

@@ -36,9 +36,13 @@ __all__ = [
 _DT_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
 # Below this many elements a second thread costs more to start than it saves.
 _MIN_ELEMENTS_PER_THREAD = 1 << 15
+# With fewer rows than threads, the class axis is split over threads when each gets at
+# least this many classes: the split starts threads three times per row (~30 us each).
+_WIDE_MIN_CLASSES = 1 << 18
 
 _num_threads: int | None = None
 _last_path = "none"
+_last_wide = 0  # threads that shared each row's classes in the last launch (0: rows split)
 
 
 def available() -> bool:
@@ -142,7 +146,7 @@ def _rows(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _threads(elements: int) -> int:
-    return max(1, min(get_num_threads(), elements // _MIN_ELEMENTS_PER_THREAD))
+    return max(1, min(get_num_threads(), elements // min(_MIN_ELEMENTS_PER_THREAD, _WIDE_MIN_CLASSES)))
 
 
 def launch(
@@ -176,9 +180,12 @@ def launch(
     gradient ``g`` and the outputs ``loss`` and ``lse``. With ``lse_in`` (the forward pass's
     lse) only the gradient is computed, in one read of ``x`` and one write of the gradient;
     ``loss`` and ``lse`` may then be 0 (not written).
+    Rows are split over threads; with fewer rows than threads, each row's class axis is
+    (when every thread gets ``_WIDE_MIN_CLASSES`` classes or more), with the same results.
     The caller validates everything: the kernel trusts its arguments.
     """
-    _ckernels.softmax_ce(
+    global _last_wide
+    _last_wide = _ckernels.softmax_ce(
         code,
         x_ptr,
         n_rows,
@@ -198,6 +205,7 @@ def launch(
         n_cols if grad_stride is None else grad_stride,
         _threads(n_rows * n_cols) if n_threads is None else n_threads,
         lse_in_ptr,
+        _WIDE_MIN_CLASSES,
     )
 
 
