@@ -235,6 +235,7 @@ def main(argv: list | None = None) -> int:
         print(json.dumps(_child(method, int(n), int(h), int(v), dtype, int(seed), int(threads))))
         return 0
 
+    sizes: list
     if args.sizes:
         sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes.split(",")]
     else:

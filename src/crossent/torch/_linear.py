@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import torch
 from torch import Tensor
@@ -70,7 +70,7 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The chunk loops (data-dependent control flow, in-place ops on views of reused buffers)
 # run eagerly under torch.compile: one graph break per call, and a backward started inside
 # a compiled function is not traced either.
-_disable_compile = getattr(getattr(torch, "compiler", None), "disable", None)
+_disable_compile: Any = getattr(getattr(torch, "compiler", None), "disable", None)
 if _disable_compile is None:  # pragma: no cover - torch < 2.1
     import torch._dynamo
 
@@ -596,9 +596,11 @@ def _cat_stats(parts: list) -> Optional[_Stats]:
         vals = [getattr(p, name) for p in parts]
         return None if vals[0] is None else torch.cat(vals)
 
+    m, rest = cat("m"), cat("rest")
+    assert m is not None and rest is not None
     return _Stats(
-        m=cat("m"), rest=cat("rest"), zy=cat("zy"), smooth=cat("smooth"), sq=cat("sq"),
-        dq=cat("dq"), lse_s=cat("lse_s"),
+        m=m, rest=rest, zy=cat("zy"), smooth=cat("smooth"), sq=cat("sq"), dq=cat("dq"),
+        lse_s=cat("lse_s"),
     )  # fmt: skip
 
 
@@ -847,7 +849,7 @@ def _check_same(name: str, x: Tensor, ref: Tensor, ref_name: str) -> None:
 
 def _check_chunk_size(chunk_size: Any) -> Any:
     def ok(v: Any) -> bool:
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1
 
     if chunk_size is None:
         return None
@@ -1414,7 +1416,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             self.linear.weight,
             target,
             linear_bias=self.linear.bias,
-            weight=self.weight,
+            weight=cast(Optional[Tensor], self.weight),
             reduction=self.reduction,
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
