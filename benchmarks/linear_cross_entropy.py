@@ -6,6 +6,11 @@ Run from the repository root::
     python -m benchmarks.linear_cross_entropy --quick    # a smoke run, about a minute
     python benchmarks/linear_cross_entropy.py --help
 
+The README's table was made with one thread on one core::
+
+    taskset -c 1 python -m benchmarks.linear_cross_entropy --threads 1 --max-gib 12 \
+        --out benchmarks/results
+
 Each (size, dtype, method) runs in a fresh child process: it builds ``h`` (N, H),
 ``W`` (V, H) (both requiring grad) and the targets, then times one forward + backward of
 
@@ -19,6 +24,11 @@ Peak extra memory is the kernel's peak RSS (``VmHWM``, reset through
 method needs beyond the inputs, the parameters and their gradients. A case whose naive
 logits would not fit in the available memory is skipped and says so.
 
+``--threads T`` sets ``torch.set_num_threads(T)`` (and ``OMP_NUM_THREADS``,
+``CROSSENT_NUM_THREADS``) in every child; ``--out DIR`` writes the table with the machine,
+versions, command and threads to ``DIR/linear_cross_entropy-<time>.md`` and the rows to a
+``.csv`` next to it.
+
 Timings on a shared machine are noisy: the table prints the load average next to each row,
 and ``--repeat`` runs every case several times (a fresh process each, the methods
 round-robin so that drifting background load hits them alike) and reports the median and
@@ -28,6 +38,7 @@ the fastest run.
 from __future__ import annotations
 
 import argparse
+import csv
 import ctypes
 import ctypes.util
 import gc
@@ -76,9 +87,12 @@ def _reset_peak() -> bool:
         return False
 
 
-def _child(method: str, n: int, h_dim: int, v: int, dtype_name: str, seed: int) -> dict:
+def _child(method: str, n: int, h_dim: int, v: int, dtype_name: str, seed: int, threads: int) -> dict:
     import torch
     import torch.nn.functional as F
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
     from crossent.torch._linear import linear_cross_entropy
@@ -110,6 +124,16 @@ def _child(method: str, n: int, h_dim: int, v: int, dtype_name: str, seed: int) 
 
     else:
         raise SystemExit(f"unknown method {method!r}")
+
+    # warm-up on a tiny problem: library loading and one-time initialisation stay out of
+    # the time and the memory of the measured call
+    h_full, W_full, y_full = h, W, y
+    h = h_full[:16].detach().requires_grad_()
+    W = W_full[:64].detach().requires_grad_()
+    y = torch.randint(0, 64, (16,), generator=g)
+    run().backward()
+    h, W, y = h_full, W_full, y_full
+    del h_full, W_full, y_full
 
     _trim()
     before = _status()["VmRSS"]
@@ -154,13 +178,25 @@ def _estimate_bytes(method: str, n: int, h: int, v: int, dtype: str) -> int:
     return base + 256 * 2**20
 
 
-def _run_case(method: str, n: int, h: int, v: int, dtype: str, seed: int, timeout: float) -> dict:
+def _child_env(threads: int) -> dict:
+    env = dict(os.environ)
+    if threads > 0:
+        for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CROSSENT_NUM_THREADS"):
+            env[k] = str(threads)
+    return env
+
+
+def _run_case(
+    method: str, n: int, h: int, v: int, dtype: str, seed: int, timeout: float, threads: int
+) -> dict:
     cmd = [
         sys.executable, os.path.abspath(__file__), "--child", method,
-        str(n), str(h), str(v), dtype, str(seed),
+        str(n), str(h), str(v), dtype, str(seed), str(threads),
     ]  # fmt: skip
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=_child_env(threads)
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:
@@ -187,14 +223,19 @@ def main(argv: list | None = None) -> int:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per case")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the raw results here")
-    p.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per child (0: torch's default)")
+    p.add_argument("--max-gib", type=float, default=0.0,
+                   help="skip cases estimated above this many GiB (default: 90%% of available memory)")
+    p.add_argument("--out", help="write a markdown table and a CSV here (a directory)")
+    p.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.child:
-        method, n, h, v, dtype, seed = args.child
-        print(json.dumps(_child(method, int(n), int(h), int(v), dtype, int(seed))))
+        method, n, h, v, dtype, seed, threads = args.child
+        print(json.dumps(_child(method, int(n), int(h), int(v), dtype, int(seed), int(threads))))
         return 0
 
+    sizes: list
     if args.sizes:
         sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes.split(",")]
     else:
@@ -202,13 +243,17 @@ def main(argv: list | None = None) -> int:
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 
-    print(f"# linear + cross-entropy, forward + backward, {os.cpu_count()} CPUs, "
-          f"{_available_bytes() / 2**30:.1f} GiB available at start")  # fmt: skip
-    print(f"# {args.repeat} fresh-process run(s) per case, round-robin; time = median "
-          "forward + backward, min = fastest run; memory = median peak extra")  # fmt: skip
-    print("| N | H | V | dtype | method | time (s) | min (s) | fwd (s) | peak extra (MiB) | "
-          "vs naive memory | vs naive time | loss | load avg |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out = _Output(args, argv)
+    out.emit(f"# linear + cross-entropy, forward + backward, {os.cpu_count()} CPUs, "
+             f"{_available_bytes() / 2**30:.1f} GiB available at start")  # fmt: skip
+    out.emit(f"# {args.repeat} fresh-process run(s) per case, round-robin; time = median "
+             "forward + backward, min = fastest run; memory = median peak extra; goals (crossent "
+             "rows): memory <= 10 % of naive and <= torch chunked, time <= naive and < torch "
+             "chunked")  # fmt: skip
+    out.emit("")
+    out.emit("| N | H | V | dtype | method | time (s) | min (s) | fwd (s) | peak extra (MiB) | "
+             "vs naive memory | vs naive time | goals | loss | load avg |")  # fmt: skip
+    out.emit("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for n, h, v in sizes:
         for dtype in dtypes:
@@ -216,13 +261,16 @@ def main(argv: list | None = None) -> int:
             skipped: dict = {}
             for method in methods:
                 need = _estimate_bytes(method, n, h, v, dtype)
-                if need > 0.9 * _available_bytes():
-                    skipped[method] = f"skipped: needs ~{need / 2**30:.1f} GiB"
+                limit = args.max_gib * 2**30 if args.max_gib > 0 else 0.9 * _available_bytes()
+                if need > limit:
+                    skipped[method] = f"not run: needs ~{need / 2**30:.1f} GiB (limit {limit / 2**30:.0f} GiB)"
             # round-robin repeats: background load drifts hit every method alike
             for _ in range(args.repeat):
                 for method in methods:
                     if method not in skipped:
-                        runs[method].append(_run_case(method, n, h, v, dtype, args.seed, args.timeout))
+                        runs[method].append(
+                            _run_case(method, n, h, v, dtype, args.seed, args.timeout, args.threads)
+                        )
             rows = {}
             for method in methods:
                 ok = [r for r in runs[method] if "error" not in r]
@@ -242,23 +290,127 @@ def main(argv: list | None = None) -> int:
             for method in methods:
                 r = rows[method]
                 results.append({"N": n, "H": h, "V": v, "dtype": dtype, "method": method, **r})
+                out.row(results[-1])
                 if "error" in r:
-                    print(f"| {n} | {h} | {v} | {dtype} | {method} | — | — | — | — | — | — | — | {r['error']} |")
+                    out.emit(f"| {n} | {h} | {v} | {dtype} | {method} | — | — | — | — | — | — | — | — | {r['error']} |")
                     continue
                 vs_mem = vs_t = "—"
                 if "extra_bytes" in naive and naive["extra_bytes"] > 0:
                     vs_mem = f"{100 * r['extra_bytes'] / naive['extra_bytes']:.1f} %"
                     vs_t = f"{r['total_s'] / naive['total_s']:.2f}×"
-                print(
+                goals = _goals(r, rows) if method == "crossent" else ""
+                out.emit(
                     f"| {n} | {h} | {v} | {dtype} | {method} | {_fmt_s(r['total_s'])} | "
                     f"{_fmt_s(r['min_s'])} | {_fmt_s(r['forward_s'])} | {_fmt_mib(r['extra_bytes'])} | {vs_mem} | {vs_t} | "
-                    f"{r['loss']:.6g} | {r['load']:.1f} |",
-                    flush=True,
+                    f"{goals} | {r['loss']:.6g} | {r['load']:.1f} |"
                 )
+    out.emit("")
+    out.emit(f"Finished {_machine_module().now_iso()}; load average at the end "
+             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}.")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     return 0
+
+
+def _goals(r: dict, rows: dict) -> str:
+    """The issue's goals for a crossent row: memory <= 10 % of naive and <= torch chunked;
+    time <= naive and < torch chunked (a peer that did not run counts as met)."""
+    naive, chunked = rows.get("naive", {}), rows.get("torch chunked", {})
+    mem = time_ = True
+    if "extra_bytes" in naive:
+        mem &= r["extra_bytes"] <= 0.10 * naive["extra_bytes"]
+        time_ &= r["total_s"] <= naive["total_s"]
+    if "extra_bytes" in chunked:
+        mem &= r["extra_bytes"] <= chunked["extra_bytes"]
+        time_ &= r["total_s"] < chunked["total_s"]
+    return f"memory {'met' if mem else '**missed**'}, time {'met' if time_ else '**missed**'}"
+
+
+def _machine_module() -> Any:
+    try:
+        from benchmarks import _machine
+    except ImportError:  # run as a script: benchmarks/ is not a package on sys.path
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        from benchmarks import _machine
+    return _machine
+
+
+def _versions() -> str:
+    out = []
+    for name in ("torch", "numpy"):
+        try:
+            mod = __import__(name)
+            out.append(f"{name} {mod.__version__}")
+        except ImportError:  # pragma: no cover
+            pass
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+    sys.path.insert(0, src)
+    try:
+        import crossent
+
+        out.append(f"crossent {crossent.__version__} ({os.path.dirname(crossent.__file__)})")
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass
+    finally:
+        sys.path.remove(src)
+    return ", ".join(out)
+
+
+class _Output:
+    """Prints the table; with ``--out`` also writes it (markdown, with the machine, versions,
+    command and threads) and the rows (CSV), updated after every row."""
+
+    def __init__(self, args: Any, argv: Any) -> None:
+        self.lines: list = []
+        self.rows: list = []
+        self.md = self.csv = None
+        if not args.out:
+            return
+        mach = _machine_module()
+        info = mach.machine_info()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        os.makedirs(args.out, exist_ok=True)
+        self.md = os.path.join(args.out, f"linear_cross_entropy-{stamp}.md")
+        self.csv = os.path.join(args.out, f"linear_cross_entropy-{stamp}.csv")
+        cmd = " ".join(["python -m benchmarks.linear_cross_entropy", *(sys.argv[1:] if argv is None else argv)])
+        try:
+            affinity = sorted(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover
+            affinity = []
+        threads = args.threads if args.threads > 0 else "torch's default"
+        self.header = [
+            f"# Fused linear + cross-entropy: crossent vs PyTorch — {mach.now_iso()}",
+            "",
+            f"- command: `{cmd}` (CSV: `{os.path.basename(self.csv)}`)",
+            f"- machine: {info['cpu_model']}, {info['logical_cpus']} logical CPUs; this run pinned "
+            f"to CPUs {affinity}; {info['platform']}; {_available_bytes() / 2**30:.1f} GiB available",
+            f"- threads: {threads} (torch.set_num_threads and OMP/MKL/CROSSENT_NUM_THREADS in every child)",
+            f"- versions: python {info['python']}, {_versions()}; commit `{info['git_commit']}`",
+            f"- load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+            "(other processes share the machine: timings are noisy)",
+            "- memory: peak RSS of forward + backward beyond inputs, parameters and their gradients",
+            "",
+        ]
+
+    def emit(self, line: str) -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+        if self.md:
+            with open(self.md, "w") as f:
+                f.write("\n".join(self.header + self.lines) + "\n")
+
+    def row(self, r: dict) -> None:
+        if not self.csv:
+            return
+        self.rows.append({k: v for k, v in r.items() if k != "runs"})
+        keys = ["N", "H", "V", "dtype", "method", "total_s", "min_s", "forward_s", "extra_bytes",
+                "loss", "load", "error"]  # fmt: skip
+        with open(self.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            for row in self.rows:
+                w.writerow({k: row.get(k, "") for k in keys})
 
 
 if __name__ == "__main__":

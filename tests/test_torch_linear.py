@@ -441,3 +441,86 @@ def test_tiny_language_model_trains():
     longer = lm.train(lm.Config(**{**cfg.__dict__, "steps": 60, "lr": 1e-2}))
     assert sum(longer[-10:]) / 10 < sum(longer[:10]) / 10 - 0.5
     assert lm.main(["--steps", "2", "--vocab", "64", "--d-model", "16", "--seq-len", "8", "--batch", "4"]) == 0
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_torch_compile_module_matches_eager(backend):
+    """A compiled model whose loss is linear_cross_entropy (forward *and* backward inside the
+    compiled function) runs, with the loss a graph break, and matches eager exactly."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(8, 16)
+            self.head = torch.nn.Linear(16, 50)
+            self.loss = LinearCrossEntropyLoss(16, 50, bias=True, label_smoothing=0.1, chunk_size=4)
+
+        def forward(self, x, y):
+            hid = torch.tanh(self.body(x))
+            a = linear_cross_entropy(hid, self.head.weight, y, linear_bias=self.head.bias, z_loss=1e-3)
+            return a + self.loss(hid, y)
+
+    model = Model()
+    x, y = torch.randn(3, 5, 8), torch.randint(0, 50, (3, 5))
+    y[0, 0] = -100
+
+    def step():
+        model.zero_grad()
+        loss = model(x, y)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    ref, ref_grads = step()
+    for _ in range(2):  # the second call reuses the compiled graphs
+        loss, grads = torch.compile(step, backend=backend)()
+        torch.testing.assert_close(loss, ref, rtol=0, atol=0)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # forward compiled alone, backward outside; per-example losses
+    compiled = torch.compile(model, backend=backend)
+    model.zero_grad()
+    compiled(x, y).backward()
+    for p, b in zip(model.parameters(), ref_grads):
+        torch.testing.assert_close(p.grad, b, rtol=0, atol=0)
+    fn = torch.compile(lambda a, w, t: linear_cross_entropy(a, w, t, reduction="none"), backend=backend)
+    hid = torch.randn(5, 16)
+    torch.testing.assert_close(
+        fn(hid, model.head.weight, y[0]), linear_cross_entropy(hid, model.head.weight, y[0], reduction="none")
+    )
+
+
+@pytest.mark.parametrize("opts", list(OPTION_SETS.values()), ids=list(OPTION_SETS))
+def test_block_merge_equals_single_block(opts):
+    """Statistics of vocabulary blocks merged with _rebase/_merge_blocks equal those of one
+    block holding every class (the identity the tiled path and the ranks rely on)."""
+    weighted, eps, zl, cap, soft = opts
+    hid, W, _, w, y = make(21, soft=soft, weighted=weighted, v=29)
+    z = (hid @ W.T).detach()
+    cw = None if w is None else w
+    cfg = _linear._Config(
+        n_classes=29, kind="soft" if soft else "index", eps=eps, z_loss=zl, cap=cap,
+        reduction="mean", cdt=torch.float64, class_weight=cw, w_sum=29.0 if cw is None else float(cw.sum()),
+    )  # fmt: skip
+    if soft:
+        tgt = _linear._Targets(kind="soft", q=y)
+    else:
+        valid = y != -100
+        wy = None if cw is None else torch.where(valid, cw[torch.where(valid, y, 0)], 0.0)
+        tgt = _linear._Targets(kind="index", y=torch.where(valid, y, -1), valid=valid, wy=wy)
+
+    def stats(v0, v1):
+        t = torch.empty(z.shape[0], v1 - v0, dtype=torch.float64) if cap is not None else None
+        q = None if not soft else y[:, v0:v1]
+        return _linear._block_stats(z[:, v0:v1].clone(), t, tgt, v0, cfg, q)
+
+    one = _linear._merge_blocks([stats(0, 29)]).finalize()
+    merged = _linear._merge_blocks([stats(0, 7), stats(7, 20), stats(20, 29)]).finalize()
+    torch.testing.assert_close(merged.lse, one.lse)
+    for name in ("zy", "smooth", "sq", "dq"):
+        a, b = getattr(merged, name), getattr(one, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b)
+    torch.testing.assert_close(_linear._row_loss(merged, tgt, cfg), _linear._row_loss(one, tgt, cfg))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import torch
 from torch import Tensor
@@ -66,6 +66,15 @@ _MIN_CHUNKS = 8
 _FP32_DW_BUDGET = 16 << 20
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# The chunk loops (data-dependent control flow, in-place ops on views of reused buffers)
+# run eagerly under torch.compile: one graph break per call, and a backward started inside
+# a compiled function is not traced either.
+_disable_compile: Any = getattr(getattr(torch, "compiler", None), "disable", None)
+if _disable_compile is None:  # pragma: no cover - torch < 2.1
+    import torch._dynamo
+
+    _disable_compile = torch._dynamo.disable
 
 
 # --------------------------------------------------------------------------------------
@@ -343,11 +352,38 @@ def _block_stats(
     return _Stats(m=m, rest=rest, zy=zy, smooth=smooth, sq=sq, dq=dq, wsum=wsum, u=u)
 
 
-def _shift_sum(x: Optional[Tensor], coef: Any, shift: Tensor) -> Optional[Tensor]:
-    """``x + coef * shift`` (``shift = M - m_block >= 0``) with ``0 * inf = 0``."""
-    if x is None:
-        return None
-    return x + _zero_times(coef, shift)
+def _rebase(b: _Stats, m: Tensor) -> list:
+    """The terms one block contributes to merged statistics of maximum ``m >= b.m``, as a
+    list of per-row columns to be *summed* over blocks (or ranks): ``[rest, tie, zy?,
+    smooth?, sq?, dq?]`` (the optional ones where the block has them). The merged ``rest``
+    is the sum of the first column plus the sum of the second minus 1 (every block holding
+    the maximum counts its argmax term as one): all terms are non-negative, so the merge is
+    exact (no cancellation)."""
+    tie = b.m == m
+    shift = m - b.m
+    cols = [torch.where(tie, b.rest, (1.0 + b.rest) * torch.exp(-shift)), tie.to(m.dtype)]
+    if b.zy is not None:
+        cols.append(b.zy)
+    if b.smooth is not None:
+        cols.append(b.smooth + _zero_times(b.wsum, shift))
+    if b.sq is not None:
+        assert b.dq is not None
+        cols.append(b.sq)
+        cols.append(b.dq + _zero_times(b.sq, shift))
+    return cols
+
+
+def _from_rebased(m: Tensor, total: list, like: _Stats) -> _Stats:
+    """Merged statistics from the column sums of :func:`_rebase` (``like``: any one block,
+    for which optional statistics exist)."""
+    rest = total[0] + (total[1] - 1.0)
+    rest_cols = iter(total[2:])
+    zy = None if like.zy is None else next(rest_cols)
+    smooth = None if like.smooth is None else next(rest_cols)
+    sq = dq = None
+    if like.sq is not None:
+        sq, dq = next(rest_cols), next(rest_cols)
+    return _Stats(m=m, rest=rest, zy=zy, smooth=smooth, sq=sq, dq=dq)
 
 
 def _merge_blocks(blocks: list) -> _Stats:
@@ -356,28 +392,13 @@ def _merge_blocks(blocks: list) -> _Stats:
         b = blocks[0]
         return _Stats(m=b.m, rest=b.rest, zy=b.zy, smooth=b.smooth, sq=b.sq, dq=b.dq, wsum=b.wsum)
     m = torch.stack([b.m for b in blocks]).amax(0)
-    rest = torch.zeros_like(m)
-    ties = torch.zeros_like(m)
-    zy = None if blocks[0].zy is None else torch.zeros_like(m)
-    smooth = None if blocks[0].smooth is None else torch.zeros_like(m)
-    sq = None if blocks[0].sq is None else torch.zeros_like(m)
-    dq = None if blocks[0].dq is None else torch.zeros_like(m)
-    wsum: Any = 0.0
+    total: list = []
     for b in blocks:
-        tie = b.m == m
-        rest = rest + torch.where(tie, b.rest, (1.0 + b.rest) * torch.exp(b.m - m))
-        ties = ties + tie.to(m.dtype)
-        shift = m - b.m
-        if zy is not None:
-            zy = zy + b.zy
-        if smooth is not None:
-            smooth = smooth + _shift_sum(b.smooth, b.wsum, shift)
-        if sq is not None:
-            sq = sq + b.sq
-            dq = dq + _shift_sum(b.dq, b.sq, shift)
-        wsum = wsum + b.wsum
-    rest = rest + (ties - 1.0)
-    return _Stats(m=m, rest=rest, zy=zy, smooth=smooth, sq=sq, dq=dq, wsum=wsum)
+        cols = _rebase(b, m)
+        total = cols if not total else [a + c for a, c in zip(total, cols)]
+    st = _from_rebased(m, total, blocks[0])
+    st.wsum = sum((b.wsum for b in blocks), 0.0)
+    return st
 
 
 # A merger turns the statistics of this process's classes into global ones
@@ -575,9 +596,11 @@ def _cat_stats(parts: list) -> Optional[_Stats]:
         vals = [getattr(p, name) for p in parts]
         return None if vals[0] is None else torch.cat(vals)
 
+    m, rest = cat("m"), cat("rest")
+    assert m is not None and rest is not None
     return _Stats(
-        m=cat("m"), rest=cat("rest"), zy=cat("zy"), smooth=cat("smooth"), sq=cat("sq"),
-        dq=cat("dq"), lse_s=cat("lse_s"),
+        m=m, rest=rest, zy=cat("zy"), smooth=cat("smooth"), sq=cat("sq"), dq=cat("dq"),
+        lse_s=cat("lse_s"),
     )  # fmt: skip
 
 
@@ -589,6 +612,13 @@ def _slice_stats(st: _Stats, r0: int, r1: int) -> _Stats:
         m=st.m[r0:r1], rest=st.rest[r0:r1], zy=sl(st.zy), smooth=sl(st.smooth), sq=sl(st.sq),
         dq=sl(st.dq), lse_s=sl(st.lse_s),
     )  # fmt: skip
+
+
+def _softmax_from_lse(z: Tensor, t: Optional[Tensor], st: _Stats, cfg: _Config) -> None:
+    """``z <- softmax`` of the (capped) logits block in place, from the merged, finalized
+    statistics of its rows (``t`` keeps the tanh of the softcap for the gradient)."""
+    _apply_softcap(z, t, cfg.cap)
+    z.sub_(st.lse[:, None]).exp_()
 
 
 def _linear_engine(
@@ -659,6 +689,18 @@ def _linear_engine(
         if db32 is not None:
             db32[v0:v1].add_(work.sum(0))
 
+    def weight_grad(z: Tensor, h_rows: Tensor, v0: int, v1: int, first: bool) -> None:
+        """Add ``z.T @ h_rows`` (the gradient block, in the weight's dtype) to the gradient
+        of ``W[v0:v1]``; the first row chunk writes it (no zero fill of a V x H buffer)."""
+        if dW is not None:
+            if first:
+                torch.mm(z.t(), h_rows, out=dW[v0:v1])
+            else:
+                dW[v0:v1].addmm_(z.t(), h_rows)
+        elif prod is not None:
+            assert dW32 is not None
+            dW32[v0:v1].add_(torch.mm(z.t(), h_rows, out=prod[v0:v1]))
+
     for r0 in range(0, N, R):
         r1 = min(N, r0 + R)
         n = r1 - r0
@@ -688,8 +730,7 @@ def _linear_engine(
                         scale = local.factor(st)
                 else:
                     st = _slice_stats(saved, a0, a1)
-                    _apply_softcap(work, t, cfg.cap)
-                    work.sub_(st.lse[:, None]).exp_()
+                    _softmax_from_lse(work, t, st, cfg)
                     scale = None
                 if want_grad:
                     assert g is not None
@@ -700,14 +741,7 @@ def _linear_engine(
             if want_grad:
                 if dh is not None:
                     torch.mm(z, W, out=dh[r0:r1])
-                if dW is not None:
-                    if r0 == 0:
-                        torch.mm(z.t(), hr, out=dW)
-                    else:
-                        dW.addmm_(z.t(), hr)
-                elif prod is not None:
-                    assert dW32 is not None
-                    dW32.add_(torch.mm(z.t(), hr, out=prod))
+                weight_grad(z, hr, 0, V, r0 == 0)
             continue
 
         # Vocabulary tiles: a first sweep for the statistics, a second for the gradients.
@@ -731,15 +765,13 @@ def _linear_engine(
             continue
         assert g is not None
         dh_acc = torch.zeros((n, H), dtype=cdt, device=dev) if dh is not None else None
-        lse = st.lse[:, None]
         for v0, v1 in tiles:
             z = _contig_view(zbuf, n, v1 - v0)
             Wt = W[v0:v1]
             _logits_into(z, hr, Wt, None if b is None else b[v0:v1])
             work = work_of(z, n, v1 - v0)
             t = t_of(n, v1 - v0)
-            _apply_softcap(work, t, cfg.cap)
-            work.sub_(lse).exp_()
+            _softmax_from_lse(work, t, st, cfg)
             q = None if q_rows is None else q_rows[:, v0:v1].to(cdt)
             _block_grad(work, t, None, st, rows, vocab_start + v0, cfg, g[r0:r1], q)
             accumulate_w(work, hr, v0, v1)
@@ -747,14 +779,7 @@ def _linear_engine(
                 z.copy_(work)
             if dh_acc is not None:
                 dh_acc.add_(torch.mm(z, Wt))
-            if dW is not None:
-                if r0 == 0:
-                    torch.mm(z.t(), hr, out=dW[v0:v1])
-                else:
-                    dW[v0:v1].addmm_(z.t(), hr)
-            elif prod is not None:
-                assert dW32 is not None
-                dW32[v0:v1].add_(torch.mm(z.t(), hr, out=prod[v0:v1]))
+            weight_grad(z, hr, v0, v1, r0 == 0)
         if dh is not None:
             assert dh_acc is not None
             dh[r0:r1].copy_(dh_acc)
@@ -824,7 +849,7 @@ def _check_same(name: str, x: Tensor, ref: Tensor, ref_name: str) -> None:
 
 def _check_chunk_size(chunk_size: Any) -> Any:
     def ok(v: Any) -> bool:
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1
 
     if chunk_size is None:
         return None
@@ -1007,54 +1032,79 @@ def _check_no_grad_needed(name: str, x: Any) -> None:
 
 @dataclass
 class _Call:
-    """Everything the autograd function needs besides the differentiable tensors."""
+    """Everything the autograd function needs besides the differentiable tensors.
+
+    The vocab-parallel function (:mod:`crossent.torch._parallel`) sets ``vocab_start`` (this
+    rank's first class), ``merger`` (all-reduces of the statistics) and ``finish_dh`` (the
+    all-reduce of the gradient of the replicated input)."""
 
     cfg: _Config
     tgt: _Targets
     plan: _Plan
     precompute: bool  # compute the gradients in forward (scalar reductions)
     need: tuple = (False, False, False)
+    vocab_start: int = 0
+    merger: Merger = _local_merger
+    finish_dh: Optional[Callable[[Tensor], Tensor]] = None
+
+
+def _engine_grads(call: _Call, res: _Result) -> tuple:
+    dh = res.dh
+    if dh is not None and call.finish_dh is not None:
+        dh = call.finish_dh(dh)
+    return dh, res.dW, res.db
 
 
 class _LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
+    @_disable_compile
     def forward(ctx: Any, h: Tensor, W: Tensor, b: Optional[Tensor], call: _Call) -> Tensor:  # type: ignore[override]
         cfg, tgt = call.cfg, call.tgt
         g = _upstream(tgt, cfg, h.shape[0], None, h.device) if call.precompute else None
-        res = _linear_engine(h, W, b, tgt, cfg, call.plan, g=g, need=call.need)
+        res = _linear_engine(
+            h, W, b, tgt, cfg, call.plan, vocab_start=call.vocab_start, g=g, need=call.need,
+            merger=call.merger,
+        )  # fmt: skip
         assert res.loss is not None
         ctx.call = call
         ctx.stats = res.stats
-        ctx.grads = (res.dh, res.dW, res.db) if call.precompute else None
+        ctx.grads = _engine_grads(call, res) if call.precompute else None
         ctx.save_for_backward(h, W, b)
         return _reduce(res.loss, tgt, cfg)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> Any:  # type: ignore[override]
-        call: _Call = ctx.call
-        h, W, b = ctx.saved_tensors
-        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
-        if ctx.grads is not None:
-            dh, dW, db = ctx.grads
-            ctx.grads = None  # handed over: a second backward recomputes
-            if not bool(torch.all(grad_output == 1)):
-                go = grad_output.reshape(())
-                for x in (dh, dW, db):
-                    if x is not None:
-                        x.mul_(go)
-        else:
-            g = _upstream(call.tgt, call.cfg, h.shape[0], grad_output, h.device)
-            res = _linear_engine(
-                h, W, b, call.tgt, call.cfg, call.plan, g=g, need=need, saved=ctx.stats
-            )
-            dh, dW, db = res.dh, res.dW, res.db
-        return (
-            dh if need[0] else None,
-            dW if need[1] else None,
-            db if need[2] else None,
-            None,
-        )
+        return _linear_backward(ctx, grad_output)
+
+
+@_disable_compile  # (a backward started inside a compiled function is not traced)
+def _linear_backward(ctx: Any, grad_output: Tensor) -> tuple:
+    call: _Call = ctx.call
+    h, W, b = ctx.saved_tensors
+    need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+    if ctx.grads is not None:
+        dh, dW, db = ctx.grads
+        ctx.grads = None  # handed over: a second backward recomputes
+        if not bool(torch.all(grad_output == 1)):
+            go = grad_output.reshape(())
+            for x in (dh, dW, db):
+                if x is not None:
+                    x.mul_(go)
+    else:
+        g = _upstream(call.tgt, call.cfg, h.shape[0], grad_output, h.device)
+        # saved statistics: no merge, so no communication besides finish_dh
+        res = _linear_engine(
+            h, W, b, call.tgt, call.cfg, call.plan, vocab_start=call.vocab_start, g=g,
+            need=need, saved=ctx.stats,
+        )  # fmt: skip
+        dh, dW, db = _engine_grads(call, res)
+    return (
+        dh if need[0] else None,
+        dW if need[1] else None,
+        db if need[2] else None,
+        None,
+    )
 
 
 def _prepare_linear(
@@ -1137,17 +1187,9 @@ def _prepare_linear(
                 expected=f"({V},)",
             )
     C = V if n_classes is None else n_classes
-    cdt = torch.float64 if h.dtype == torch.float64 else torch.float32
-    cw = _check_weight(weight, C, h.device, cdt)
-    _check_no_grad_needed("weight", weight)
-    _check_no_grad_needed("target", target)
     batch = tuple(h.shape[:-1])
-    tgt = _prepare_targets(target, batch, V, C, ii, cw, h.device, cdt, "input")
-    w_sum = float(C) if cw is None else float(cw.sum())
-    cfg = _Config(
-        n_classes=C, kind=tgt.kind, eps=eps, z_loss=zl, cap=cap, reduction=reduction,
-        cdt=cdt, class_weight=cw, w_sum=w_sum,
-    )  # fmt: skip
+    opts = (reduction, ii, eps, zl, cap)
+    cfg, tgt = _prepare_config(h, "input", target, weight, V, C, opts, no_grad_checks=True)
     h2 = h.reshape(-1, H)
     n = h2.shape[0]
     plan = _plan(n, V, H, W.dtype, cfg, chunk, policy, v_plan)
@@ -1158,8 +1200,36 @@ def _prepare_linear(
         grad_on and b is not None and b.requires_grad,
     )
     precompute = reduction != "none" and any(need)
-    call = _Call(cfg=cfg, tgt=tgt, plan=plan, precompute=precompute, need=need)
+    call = _Call(cfg=cfg, tgt=tgt, plan=plan, precompute=precompute, need=need, vocab_start=vocab_start)
     return h2, W, b, call, batch
+
+
+def _prepare_config(
+    x: Tensor,
+    x_name: str,
+    target: Any,
+    weight: Any,
+    n_local: int,
+    n_classes: int,
+    options: tuple,
+    no_grad_checks: bool = False,
+) -> tuple:
+    """``(cfg, tgt)`` for input ``x`` (..., features) whose ``n_local`` classes are part of
+    ``n_classes``; ``options``: the validated ``(reduction, ignore_index, eps, z_loss, cap)``;
+    ``no_grad_checks``: refuse a ``weight`` or ``target`` that requires grad."""
+    reduction, ii, eps, zl, cap = options
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cw = _check_weight(weight, n_classes, x.device, cdt)
+    if no_grad_checks:
+        _check_no_grad_needed("weight", weight)
+        _check_no_grad_needed("target", target)
+    batch = tuple(x.shape[:-1])
+    tgt = _prepare_targets(target, batch, n_local, n_classes, ii, cw, x.device, cdt, x_name)
+    cfg = _Config(
+        n_classes=n_classes, kind=tgt.kind, eps=eps, z_loss=zl, cap=cap, reduction=reduction,
+        cdt=cdt, class_weight=cw, w_sum=float(n_classes) if cw is None else float(cw.sum()),
+    )  # fmt: skip
+    return cfg, tgt
 
 
 def linear_cross_entropy(
@@ -1260,14 +1330,20 @@ def linear_cross_entropy(
     True
     >>> loss.backward()
     """
-    h2, W, b, call, batch = _prepare_linear(
+    return _linear_cross_entropy(
         input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
         label_smoothing, z_loss, softcap, chunk_size, options,
     )  # fmt: skip
+
+
+@_disable_compile  # validation and the chunk loops run eagerly: one graph break
+def _linear_cross_entropy(*args: Any) -> Tensor:
+    return _apply_linear(*_prepare_linear(*args))
+
+
+def _apply_linear(h2: Tensor, W: Tensor, b: Optional[Tensor], call: _Call, batch: tuple) -> Tensor:
     out = _LinearCrossEntropyFunction.apply(h2, W, b, call)
-    if call.cfg.reduction == "none":
-        out = out.reshape(batch)
-    return out
+    return out.reshape(batch) if call.cfg.reduction == "none" else out
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):
@@ -1340,7 +1416,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             self.linear.weight,
             target,
             linear_bias=self.linear.bias,
-            weight=self.weight,
+            weight=cast(Optional[Tensor], self.weight),
             reduction=self.reduction,
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,

@@ -19,7 +19,7 @@ replicated ``input`` (for ``"mean"``/``"sum"`` even that happens in forward).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import torch
@@ -28,27 +28,27 @@ from torch import Tensor
 from .._errors import InvalidOptionError, ShapeMismatchError
 from ._linear import (
     _WORK_BUDGET,
-    _apply_softcap,
     _block_grad,
     _block_stats,
-    _Call,
     _cat_stats,
     _check_float,
     _check_options,
     _check_tensor,
-    _check_weight,
     _Config,
     _contig_view,
-    _linear_engine,
+    _disable_compile,
+    _from_rebased,
+    _apply_linear,
+    _prepare_config,
     _prepare_linear,
-    _prepare_targets,
+    _rebase,
     _reduce,
     _row_loss,
     _slice_stats,
+    _softmax_from_lse,
     _Stats,
     _Targets,
     _upstream,
-    _zero_times,
 )
 
 __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
@@ -152,34 +152,13 @@ def _dist_merger(dist: Any, group: Any) -> Any:
         m_loc = torch.where(nan, -math.inf, st.m)
         m = m_loc.clone()
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-        tie = m_loc == m
-        shift = m - m_loc
-        cols = [
-            torch.where(tie, st.rest, (1.0 + st.rest) * torch.exp(-shift)),
-            tie.to(m.dtype),
-            nan.to(m.dtype),
-        ]
-        if st.zy is not None:
-            cols.append(st.zy)
-        if st.smooth is not None:
-            cols.append(st.smooth + _zero_times(st.wsum, shift))
-        if st.sq is not None:
-            assert st.dq is not None
-            cols.append(st.sq)
-            cols.append(st.dq + _zero_times(st.sq, shift))
+        cols = _rebase(replace(st, m=m_loc), m)
+        cols.append(nan.to(m.dtype))
         pack = torch.stack(cols, 1)
         dist.all_reduce(pack, op=dist.ReduceOp.SUM, group=group)
-        rest = pack[:, 0] + (pack[:, 1] - 1.0)
-        m = torch.where(pack[:, 2] > 0, math.nan, m)
-        i = 3
-        zy = smooth = sq = dq = None
-        if st.zy is not None:
-            zy, i = pack[:, i], i + 1
-        if st.smooth is not None:
-            smooth, i = pack[:, i], i + 1
-        if st.sq is not None:
-            sq, dq = pack[:, i], pack[:, i + 1]
-        return _Stats(m=m, rest=rest, zy=zy, smooth=smooth, sq=sq, dq=dq)
+        total = list(pack.unbind(1))
+        any_nan = total.pop() > 0
+        return _from_rebased(torch.where(any_nan, math.nan, m), total, st)
 
     return merge
 
@@ -199,6 +178,7 @@ class _ShardCall:
 
 class _VocabParallelCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
+    @_disable_compile
     def forward(ctx: Any, logits: Tensor, call: _ShardCall) -> Tensor:  # type: ignore[override]
         cfg, tgt, lay = call.cfg, call.tgt, call.layout
         N, Vl = logits.shape
@@ -229,6 +209,7 @@ class _VocabParallelCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @_disable_compile
     def backward(ctx: Any, grad_output: Tensor) -> Any:  # type: ignore[override]
         call: _ShardCall = ctx.call
         (logits,) = ctx.saved_tensors
@@ -248,8 +229,7 @@ class _VocabParallelCrossEntropyFunction(torch.autograd.Function):
             w.copy_(logits[r0:r1])
             t = None if tbuf is None else _contig_view(tbuf, k, Vl)
             st = _slice_stats(ctx.stats, r0, r1)
-            _apply_softcap(w, t, cfg.cap)
-            w.sub_(st.lse[:, None]).exp_()
+            _softmax_from_lse(w, t, st, cfg)
             rows = tgt.rows(r0, r1)
             q = None if rows.q is None else rows.q.to(cdt)
             _block_grad(w, t, None, st, rows, lay.start, cfg, g[r0:r1], q)
@@ -323,10 +303,29 @@ def vocab_parallel_cross_entropy(
     Every rank must call with the same target, options and batch shape (collectives are
     matched by order).
     """
+    return _vocab_parallel_cross_entropy(
+        logits_shard, target, group, vocab_start, weight, reduction, ignore_index,
+        label_smoothing, z_loss, softcap,
+    )  # fmt: skip
+
+
+@_disable_compile  # collectives and chunk loops run eagerly: one graph break
+def _vocab_parallel_cross_entropy(
+    logits_shard: Any,
+    target: Any,
+    group: Any,
+    vocab_start: Any,
+    weight: Any,
+    reduction: Any,
+    ignore_index: Any,
+    label_smoothing: Any,
+    z_loss: Any,
+    softcap: Any,
+) -> Tensor:
     dist = _dist()
     x = _check_tensor("logits_shard", logits_shard)
     _check_float("logits_shard", x)
-    reduction, ii, eps, zl, cap = _check_options(reduction, ignore_index, label_smoothing, z_loss, softcap)
+    opts = _check_options(reduction, ignore_index, label_smoothing, z_loss, softcap)
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ShapeMismatchError(
             f"logits_shard has shape {tuple(x.shape)}; expected (..., V_r) with V_r >= 1 "
@@ -337,19 +336,12 @@ def vocab_parallel_cross_entropy(
         )
     Vl = x.shape[-1]
     lay = _layout(dist, group, Vl, vocab_start, x.device)
-    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    C = lay.n_classes
-    cw = _check_weight(weight, C, x.device, cdt)
     batch = tuple(x.shape[:-1])
-    tgt = _prepare_targets(target, batch, Vl, C, ii, cw, x.device, cdt, "logits_shard")
-    cfg = _Config(
-        n_classes=C, kind=tgt.kind, eps=eps, z_loss=zl, cap=cap, reduction=reduction,
-        cdt=cdt, class_weight=cw, w_sum=float(C) if cw is None else float(cw.sum()),
-    )  # fmt: skip
+    cfg, tgt = _prepare_config(x, "logits_shard", target, weight, Vl, lay.n_classes, opts)
     rows = max(1, _WORK_BUDGET // (Vl * 4))
     call = _ShardCall(cfg=cfg, tgt=tgt, layout=lay, rows=rows)
     out = _VocabParallelCrossEntropyFunction.apply(x.reshape(-1, Vl), call)
-    return out.reshape(batch) if reduction == "none" else out
+    return out.reshape(batch) if cfg.reduction == "none" else out
 
 
 # --------------------------------------------------------------------------------------
@@ -357,72 +349,18 @@ def vocab_parallel_cross_entropy(
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class _ParallelLinearCall:
-    call: _Call
-    layout: _Layout
-    reduce_input_grad: bool
+def _input_grad_reducer(dist: Any, group: Any) -> Any:
+    """Sum the gradient of the replicated input over the ranks (half precision in float32)."""
 
+    def reduce(dh: Tensor) -> Tensor:
+        if dh.dtype in (torch.float32, torch.float64):
+            dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=group)
+            return dh
+        acc = dh.to(torch.float32)
+        dist.all_reduce(acc, op=dist.ReduceOp.SUM, group=group)
+        return dh.copy_(acc)
 
-def _all_reduce_input_grad(dist: Any, group: Any, dh: Tensor) -> Tensor:
-    if dh.dtype in (torch.float32, torch.float64):
-        dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=group)
-        return dh
-    acc = dh.to(torch.float32)  # sum half-precision partials in float32
-    dist.all_reduce(acc, op=dist.ReduceOp.SUM, group=group)
-    return dh.copy_(acc)
-
-
-class _VocabParallelLinearFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, h: Tensor, W: Tensor, b: Optional[Tensor], pc: _ParallelLinearCall) -> Tensor:  # type: ignore[override]
-        call, lay = pc.call, pc.layout
-        cfg, tgt = call.cfg, call.tgt
-        dist = _dist()
-        g = _upstream(tgt, cfg, h.shape[0], None, h.device) if call.precompute else None
-        res = _linear_engine(
-            h, W, b, tgt, cfg, call.plan, vocab_start=lay.start, g=g, need=call.need,
-            merger=_dist_merger(dist, lay.group),
-        )  # fmt: skip
-        assert res.loss is not None
-        if res.dh is not None and pc.reduce_input_grad:
-            res.dh = _all_reduce_input_grad(dist, lay.group, res.dh)
-        ctx.pc = pc
-        ctx.stats = res.stats
-        ctx.grads = (res.dh, res.dW, res.db) if call.precompute else None
-        ctx.save_for_backward(h, W, b)
-        return _reduce(res.loss, tgt, cfg)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_output: Tensor) -> Any:  # type: ignore[override]
-        pc: _ParallelLinearCall = ctx.pc
-        call, lay = pc.call, pc.layout
-        h, W, b = ctx.saved_tensors
-        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
-        if ctx.grads is not None:
-            dh, dW, db = ctx.grads
-            ctx.grads = None
-            if not bool(torch.all(grad_output == 1)):
-                go = grad_output.reshape(())
-                for x in (dh, dW, db):
-                    if x is not None:
-                        x.mul_(go)
-        else:
-            g = _upstream(call.tgt, call.cfg, h.shape[0], grad_output, h.device)
-            res = _linear_engine(
-                h, W, b, call.tgt, call.cfg, call.plan, vocab_start=lay.start, g=g, need=need,
-                saved=ctx.stats,
-            )  # fmt: skip
-            dh, dW, db = res.dh, res.dW, res.db
-            if dh is not None and pc.reduce_input_grad:
-                dh = _all_reduce_input_grad(_dist(), lay.group, dh)
-        return (
-            dh if need[0] else None,
-            dW if need[1] else None,
-            db if need[2] else None,
-            None,
-        )
+    return reduce
 
 
 def vocab_parallel_linear_cross_entropy(
@@ -459,6 +397,29 @@ def vocab_parallel_linear_cross_entropy(
     whole vocabulary, label smoothing over the global class count). ``chunk_size`` must be
     the same on every rank (the default is: it is planned from the largest shard).
     """
+    return _vocab_parallel_linear_cross_entropy(
+        input, linear_weight_shard, target, linear_bias, group, vocab_start, weight, reduction,
+        ignore_index, label_smoothing, z_loss, softcap, chunk_size, reduce_input_grad,
+    )  # fmt: skip
+
+
+@_disable_compile  # collectives and chunk loops run eagerly: one graph break
+def _vocab_parallel_linear_cross_entropy(
+    input: Any,
+    linear_weight_shard: Any,
+    target: Any,
+    linear_bias: Any,
+    group: Any,
+    vocab_start: Any,
+    weight: Any,
+    reduction: Any,
+    ignore_index: Any,
+    label_smoothing: Any,
+    z_loss: Any,
+    softcap: Any,
+    chunk_size: Any,
+    reduce_input_grad: Any,
+) -> Tensor:
     dist = _dist()
     W = _check_tensor("linear_weight_shard", linear_weight_shard)
     h = _check_tensor("input", input)
@@ -483,6 +444,7 @@ def vocab_parallel_linear_cross_entropy(
         softcap, chunk_size, None, n_classes=lay.n_classes, vocab_start=lay.start,
         v_plan=lay.max_size,
     )  # fmt: skip
-    pc = _ParallelLinearCall(call=call, layout=lay, reduce_input_grad=reduce_input_grad)
-    out = _VocabParallelLinearFunction.apply(h2, W, b, pc)
-    return out.reshape(batch) if call.cfg.reduction == "none" else out
+    call.merger = _dist_merger(dist, lay.group)
+    if reduce_input_grad:
+        call.finish_dh = _input_grad_reducer(dist, lay.group)
+    return _apply_linear(h2, W, b, call, batch)
