@@ -590,6 +590,9 @@ INLINE double sum_value(const Sum *a) {
     return isfinite(a->s) ? a->s + a->c : a->s;
 }
 #define SUM_BLOCK 128 /* terms per vectorised partial sum */
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 16384 /* how far ahead the exp pass prefetches the rows to come */
+#endif
 
 #define TILE 16   /* rows per tile in the small-C kernels: one vector lane per row */
 #define SMALL_C 32 /* up to this many classes a row is processed as a lane of a tile */

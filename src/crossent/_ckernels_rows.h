@@ -337,6 +337,8 @@ MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
     const int soft = pb->q != NULL, want_grad = pb->g != NULL;
     const int use_zbuf = USE_ZBUF(pb);
     const size_t esz = elsize(pb->dtype);
+    const Py_ssize_t row_bytes = C * (Py_ssize_t)esz;
+    const Py_ssize_t ahead = row_bytes >= PREFETCH_BYTES ? 1 : PREFETCH_BYTES / row_bytes;
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;
         const T *restrict z = STORAGE_IS_T ? (const T *)xrow : NULL;
@@ -346,7 +348,9 @@ MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         }
         T m;
         double rest, top;
-        const char *next = r + 1 < r1 ? xrow + pb->row_stride * esz : NULL;
+        /* prefetch distance: about 16 KB ahead (short rows: several rows ahead, so that
+           the memory latency is covered while two threads share the bandwidth) */
+        const char *next = r + ahead < r1 ? xrow + ahead * pb->row_stride * esz : NULL;
         if (z) ROW_EXPSUM((const char *)z, 1, C, lse_in ? lse_in + r : NULL, want_grad, ebuf,
                           stats, &m, &rest, &top, next);
         else ROW_EXPSUM(xrow, 0, C, lse_in ? lse_in + r : NULL, want_grad, ebuf, stats, &m,
