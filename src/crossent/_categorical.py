@@ -579,8 +579,10 @@ def _softmax(
     with_grad: bool,
     grad_output: Any = None,
     out: Any = None,
+    want_lse: bool = True,
 ) -> tuple[Any, Any, Any]:
-    """``(reduced loss, lse, dlogits or None)``: the one implementation of the logits path."""
+    """``(reduced loss, lse, dlogits or None)``: the one implementation of the logits path
+    (lse may be None when not ``want_lse``)."""
     zl = check_nonnegative("z_loss", z_loss)
     cap = check_softcap(softcap)
     p = _prepare(
@@ -598,7 +600,7 @@ def _softmax(
     with quiet(xp):
         if out is not None:
             _check_out(p, out)
-        fused = _kernels.softmax_ce(p, zl, cap, with_grad, grad_output, out)
+        fused = _kernels.softmax_ce(p, zl, cap, with_grad, grad_output, out, want_lse)
         if fused is not None:
             return fused
         z = softcap_logits(xp, p.x, cap)
@@ -749,6 +751,7 @@ def softmax_cross_entropy(
         softcap=softcap,
         reduction=reduction,
         with_grad=False,
+        want_lse=bool(return_lse),
     )
     return (loss, lse) if return_lse else loss
 
@@ -839,5 +842,6 @@ def softmax_cross_entropy_value_and_grad(
         with_grad=True,
         grad_output=grad_output,
         out=out,
+        want_lse=bool(return_lse),
     )
     return ((loss, lse), grad) if return_lse else (loss, grad)

@@ -908,8 +908,8 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "need class indices or soft targets");
         return NULL;
     }
-    if (!lse_in && (!loss || !lse)) {
-        PyErr_SetString(PyExc_ValueError, "the forward pass needs loss and lse buffers");
+    if (!lse_in && !loss) {
+        PyErr_SetString(PyExc_ValueError, "the forward pass needs a loss buffer");
         return NULL;
     }
     pb.x = (const char *)(uintptr_t)x;
