@@ -386,45 +386,21 @@ INLINE vf64 vexp_neg_f64(vf64 s) {
 #define ONE8(v) __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6)
 #define VMAX(SEL, a, b) SEL((a) > (b), (a), (b))
 #define VMIN(SEL, a, b) SEL((a) < (b), (a), (b))
-INLINE float hmax_f32(vf32 v) {
-    v = VMAX(sel_f32, v, HALF16(v));
-    v = VMAX(sel_f32, v, QUART16(v));
-    v = VMAX(sel_f32, v, PAIR16(v));
-    v = VMAX(sel_f32, v, ONE16(v));
-    return v[0];
-}
-INLINE float hmin_f32(vf32 v) {
-    v = VMIN(sel_f32, v, HALF16(v));
-    v = VMIN(sel_f32, v, QUART16(v));
-    v = VMIN(sel_f32, v, PAIR16(v));
-    v = VMIN(sel_f32, v, ONE16(v));
-    return v[0];
-}
-INLINE float hsum_f32(vf32 v) {
-    v += HALF16(v);
-    v += QUART16(v);
-    v += PAIR16(v);
-    v += ONE16(v);
-    return v[0];
-}
-INLINE double hmax_f64(vf64 v) {
-    v = VMAX(sel_f64, v, HALF8(v));
-    v = VMAX(sel_f64, v, PAIR8(v));
-    v = VMAX(sel_f64, v, ONE8(v));
-    return v[0];
-}
-INLINE double hmin_f64(vf64 v) {
-    v = VMIN(sel_f64, v, HALF8(v));
-    v = VMIN(sel_f64, v, PAIR8(v));
-    v = VMIN(sel_f64, v, ONE8(v));
-    return v[0];
-}
-INLINE double hsum_f64(vf64 v) {
-    v += HALF8(v);
-    v += PAIR8(v);
-    v += ONE8(v);
-    return v[0];
-}
+#define MAX_F32(a, b) VMAX(sel_f32, a, b)
+#define MIN_F32(a, b) VMIN(sel_f32, a, b)
+#define MAX_F64(a, b) VMAX(sel_f64, a, b)
+#define MIN_F64(a, b) VMIN(sel_f64, a, b)
+#define ADD(a, b) ((a) + (b))
+/* fold v onto itself with OP: every lane ends up holding the result */
+#define TREE16(OP, v) (v = OP(v, HALF16(v)), v = OP(v, QUART16(v)), v = OP(v, PAIR16(v)), \
+                       v = OP(v, ONE16(v)), v[0])
+#define TREE8(OP, v) (v = OP(v, HALF8(v)), v = OP(v, PAIR8(v)), v = OP(v, ONE8(v)), v[0])
+INLINE float hmax_f32(vf32 v) { return TREE16(MAX_F32, v); }
+INLINE float hmin_f32(vf32 v) { return TREE16(MIN_F32, v); }
+INLINE float hsum_f32(vf32 v) { return TREE16(ADD, v); }
+INLINE double hmax_f64(vf64 v) { return TREE8(MAX_F64, v); }
+INLINE double hmin_f64(vf64 v) { return TREE8(MIN_F64, v); }
+INLINE double hsum_f64(vf64 v) { return TREE8(ADD, v); }
 
 /* a 16 x 16 transpose in registers: four rounds of two-input shuffles, each swapping
  * the off-diagonal blocks of size 8, 4, 2, 1 (a[i][j] <-> a[j][i]) */
