@@ -47,7 +47,30 @@ INLINE uint64_t d2u(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
 INLINE double u2d(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
 
 /* ------------------------------------------------------------- exp, float32
- * Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial (its
+ * The argument reduction and the polynomials are macros shared by the scalar exps and the
+ * vector exps of the row kernels (they only use + - *, which mean the same on both): the
+ * two must give the same bits wherever both apply, so that a row's result never depends
+ * on which of them computed it. */
+#define LN2_HI_F32 0.693145751953125f
+#define LN2_LO_F32 1.428606765330187e-06f
+#define LN2_HI_F64 6.93147180369123816490e-01
+#define LN2_LO_F64 1.90821492927058770002e-10
+/* r = x - n ln2, ln2 split in two so that n * LN2_HI is exact */
+#define EXP_REDUCE_F32(x, n) (((x) - (n) * LN2_HI_F32) - (n) * LN2_LO_F32)
+#define EXP_REDUCE_F64(x, n) (((x) - (n) * LN2_HI_F64) - (n) * LN2_LO_F64)
+/* e^r on |r| <= ln2/2 as 1 + r + r^2 P(r), P of degree 4 fitted for the least maximal
+ * relative error (Lawson's iteration; 3e-9, 0.05 ulp) */
+#define EXP_POLY_F32(r)                                                                  \
+    ((((((r) * 0x1.6a243ep-10f + 0x1.1239d6p-7f) * (r) + 0x1.5558f2p-5f) * (r) +         \
+       0x1.555492p-3f) * (r) + 0x1.fffffcp-2f) * (r) + 1.0f) * (r) + 1.0f
+/* e^r by its Taylor series to r^13 (truncation far below a float64 ulp) */
+#define EXP_POLY_F64(r)                                                                  \
+    (((((((((((((r) * (1.0 / 6227020800.0) + 1.0 / 479001600.0) * (r) +                  \
+              1.0 / 39916800.0) * (r) + 1.0 / 3628800.0) * (r) + 1.0 / 362880.0) * (r) +   \
+           1.0 / 40320.0) * (r) + 1.0 / 5040.0) * (r) + 1.0 / 720.0) * (r) + 1.0 / 120.0) * \
+        (r) + 1.0 / 24.0) * (r) + 1.0 / 6.0) * (r) + 0.5) * (r) + 1.0) * (r) + 1.0
+
+/* Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial (its
  * approximation error is 0.05 ulp), scaled by 2^n in two steps so that results in the
  * subnormal range are rounded once, correctly. Below -104 the result is 0 (also for
  * -inf), above 88.72 it is inf; NaN stays NaN because every select tests "x < lo" or
@@ -60,16 +83,8 @@ INLINE float exp_f32(float x) {
     float t = xc * 1.44269504088896341f + magic;
     float n = t - magic;
     int32_t ni = (int32_t)(f2u(t) - f2u(magic));
-    float r = xc - n * 0.693145751953125f;  /* ln2 hi */
-    r = r - n * 1.428606765330187e-06f;     /* ln2 lo */
-    /* the polynomial of vexp_neg_f32 (see there), so that both give the same bits wherever
-       the fast one applies: a row's loss then does not depend on which path computed it */
-    float p = r * 0x1.6a243ep-10f + 0x1.1239d6p-7f;
-    p = p * r + 0x1.5558f2p-5f;
-    p = p * r + 0x1.555492p-3f;
-    p = p * r + 0x1.fffffcp-2f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    float r = EXP_REDUCE_F32(xc, n);
+    float p = EXP_POLY_F32(r);
     int32_t n1 = ni >> 1, n2 = ni - n1;
     float res = p * u2f((uint32_t)(n1 + 127) << 23) * u2f((uint32_t)(n2 + 127) << 23);
     res = x > hi ? INFINITY : res;
@@ -86,22 +101,8 @@ INLINE double exp_f64(double x) {
     double t = xc * 1.4426950408889634 + magic;
     double n = t - magic;
     int64_t ni = (int64_t)(d2u(t) - d2u(magic));
-    double r = xc - n * 6.93147180369123816490e-01;
-    r = r - n * 1.90821492927058770002e-10;
-    double p = 1.0 / 6227020800.0;          /* 1/13! */
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    double r = EXP_REDUCE_F64(xc, n);
+    double p = EXP_POLY_F64(r);
     int64_t n1 = ni >> 1, n2 = ni - n1;
     double res = p * u2d((uint64_t)(n1 + 1023) << 52) * u2d((uint64_t)(n2 + 1023) << 52);
     res = x > hi ? INFINITY : res;
@@ -129,8 +130,7 @@ INLINE float expm1_f32(float x) {
     float t = xc * 1.44269504088896341f + magic;
     float n = t - magic;
     int32_t ni = (int32_t)(f2u(t) - f2u(magic));
-    float r = xc - n * 0.693145751953125f;
-    r = r - n * 1.428606765330187e-06f;
+    float r = EXP_REDUCE_F32(xc, n);
     float q = 2.4801587642e-5f;
     q = q * r + 1.9841270114e-4f;
     q = q * r + 1.3888889225e-3f;
@@ -206,7 +206,7 @@ INLINE float log_f32(float u) {
     p = p * s + 0.33333334f;
     float logf_ = 2.0f * g + 2.0f * g * s * p;
     float kf = (float)k;
-    float res = kf * 0.693145751953125f + (kf * 1.428606765330187e-06f + logf_);
+    float res = kf * LN2_HI_F32 + (kf * LN2_LO_F32 + logf_);
     res = u == 0.0f ? -INFINITY : res;
     res = u < 0.0f ? NAN : res;
     res = u == INFINITY ? INFINITY : res;
@@ -256,7 +256,7 @@ INLINE double log_f64(double u) {
     p = p * s + 1.0 / 3.0;
     double logf_ = 2.0 * g + 2.0 * g * s * p;
     double kf = (double)k;
-    double res = kf * 6.93147180369123816490e-01 + (kf * 1.90821492927058770002e-10 + logf_);
+    double res = kf * LN2_HI_F64 + (kf * LN2_LO_F64 + logf_);
     res = u == 0.0 ? -INFINITY : res;
     res = u < 0.0 ? NAN : res;
     res = u == INFINITY ? INFINITY : res;
@@ -335,17 +335,8 @@ INLINE vf32 vexp_neg_f32(vf32 s) {
     const float magic = 12582912.0f;
     vf32 t = s * 1.44269504088896341f + magic;
     vf32 n = t - magic;
-    vf32 r = s - n * 0.693145751953125f;
-    r = r - n * 1.428606765330187e-06f;
-    /* 1 + r + r^2 P(r), P of degree 4 fitted for the least maximal relative error on
-       |r| <= ln2/2 (Lawson's iteration; 3e-9, 0.05 ulp): one FMA fewer than exp_f32's
-       degree-7 Taylor polynomial for the same accuracy */
-    vf32 p = r * 0x1.6a243ep-10f + 0x1.1239d6p-7f;
-    p = p * r + 0x1.5558f2p-5f;
-    p = p * r + 0x1.555492p-3f;
-    p = p * r + 0x1.fffffcp-2f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    vf32 r = EXP_REDUCE_F32(s, n);
+    vf32 p = EXP_POLY_F32(r);
     vi32 scale = ((vi32)t << 23) + 0x3f800000; /* t's low bits hold n: (n + 127) << 23 */
     return p * (vf32)scale;
 }
@@ -357,21 +348,8 @@ INLINE vf64 vexp_neg_f64(vf64 s) {
     const double magic = 6755399441055744.0;
     vf64 t = s * 1.4426950408889634 + magic;
     vf64 n = t - magic;
-    vf64 r = s - n * 6.93147180369123816490e-01;
-    r = r - n * 1.90821492927058770002e-10;
-    vf64 p = r * (1.0 / 6227020800.0) + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    vf64 r = EXP_REDUCE_F64(s, n);
+    vf64 p = EXP_POLY_F64(r);
     vi64 scale = ((vi64)t << 52) + 0x3ff0000000000000LL;
     return p * (vf64)scale;
 }
