@@ -228,48 +228,50 @@ PROB_ROWS(prob_rows_f64, double)
 
 /* ------------------------------------------------------------------- Python */
 
-static PyObject *py_logit_rows(PyObject *self, PyObject *args) {
+/* The kernels as (dtype code, x, rows, C, stride, y, 7 output addresses); both Python
+ * entry points parse the same arguments and differ only in the kernel and output layout. */
+typedef Py_ssize_t (*rows_fn)(int code, Py_ssize_t x, Py_ssize_t n, Py_ssize_t C,
+                              Py_ssize_t stride, Py_ssize_t y, const Py_ssize_t *out);
+
+static Py_ssize_t logit_rows(int code, Py_ssize_t x, Py_ssize_t n, Py_ssize_t C,
+                             Py_ssize_t stride, Py_ssize_t y, const Py_ssize_t *out) {
+    LogitOut o = {(double *)out[0], (double *)out[1], (double *)out[2], (double *)out[3],
+                  (double *)out[4], (double *)out[5], (int64_t *)out[6]};
+    if (code == DT_F32) return logit_rows_f32((const float *)x, n, C, stride, (const int64_t *)y, o);
+    return logit_rows_f64((const double *)x, n, C, stride, (const int64_t *)y, o);
+}
+
+static Py_ssize_t prob_rows(int code, Py_ssize_t x, Py_ssize_t n, Py_ssize_t C,
+                            Py_ssize_t stride, Py_ssize_t y, const Py_ssize_t *out) {
+    ProbOut o = {(double *)out[0], (double *)out[1], (double *)out[2], (double *)out[3],
+                 (double *)out[4], (double *)out[5], (int64_t *)out[6]};
+    if (code == DT_F32) return prob_rows_f32((const float *)x, n, C, stride, (const int64_t *)y, o);
+    return prob_rows_f64((const double *)x, n, C, stride, (const int64_t *)y, o);
+}
+
+static PyObject *call_rows(PyObject *args, const char *name, rows_fn fn) {
     int code;
-    Py_ssize_t xp, n, C, stride, yp, m, zy, ey, s1, s2, above, pred;
-    if (!PyArg_ParseTuple(args, "innnnnnnnnnnn", &code, &xp, &n, &C, &stride, &yp, &m, &zy,
-                          &ey, &s1, &s2, &above, &pred))
+    Py_ssize_t x, n, C, stride, y, out[7];
+    if (!PyArg_ParseTuple(args, "innnnnnnnnnnn", &code, &x, &n, &C, &stride, &y, &out[0],
+                          &out[1], &out[2], &out[3], &out[4], &out[5], &out[6]))
         return NULL;
-    LogitOut o = {(double *)m, (double *)zy, (double *)ey, (double *)s1, (double *)s2,
-                  (double *)above, (int64_t *)pred};
-    Py_ssize_t bad;
     if (code != DT_F32 && code != DT_F64) {
-        PyErr_SetString(PyExc_ValueError, "logit_rows: dtype code must be 0 (f32) or 1 (f64)");
+        PyErr_Format(PyExc_ValueError, "%s: dtype code must be 0 (f32) or 1 (f64)", name);
         return NULL;
     }
+    Py_ssize_t bad;
     Py_BEGIN_ALLOW_THREADS
-    if (code == DT_F32)
-        bad = logit_rows_f32((const float *)xp, n, C, stride, (const int64_t *)yp, o);
-    else
-        bad = logit_rows_f64((const double *)xp, n, C, stride, (const int64_t *)yp, o);
+    bad = fn(code, x, n, C, stride, y, out);
     Py_END_ALLOW_THREADS
     return PyLong_FromSsize_t(bad);
 }
 
+static PyObject *py_logit_rows(PyObject *self, PyObject *args) {
+    return call_rows(args, "logit_rows", logit_rows);
+}
+
 static PyObject *py_prob_rows(PyObject *self, PyObject *args) {
-    int code;
-    Py_ssize_t xp, n, C, stride, yp, m, lo, sum, py, sq, above, pred;
-    if (!PyArg_ParseTuple(args, "innnnnnnnnnnn", &code, &xp, &n, &C, &stride, &yp, &m, &lo,
-                          &sum, &py, &sq, &above, &pred))
-        return NULL;
-    ProbOut o = {(double *)m, (double *)lo, (double *)sum, (double *)py, (double *)sq,
-                 (double *)above, (int64_t *)pred};
-    Py_ssize_t bad;
-    if (code != DT_F32 && code != DT_F64) {
-        PyErr_SetString(PyExc_ValueError, "prob_rows: dtype code must be 0 (f32) or 1 (f64)");
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    if (code == DT_F32)
-        bad = prob_rows_f32((const float *)xp, n, C, stride, (const int64_t *)yp, o);
-    else
-        bad = prob_rows_f64((const double *)xp, n, C, stride, (const int64_t *)yp, o);
-    Py_END_ALLOW_THREADS
-    return PyLong_FromSsize_t(bad);
+    return call_rows(args, "prob_rows", prob_rows);
 }
 
 static PyObject *py_exp_f32(PyObject *self, PyObject *args) {
