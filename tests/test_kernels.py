@@ -235,6 +235,35 @@ def test_exp_special_values():
     assert g64[5] == pytest.approx(np.exp(-700.0), rel=1e-15)
 
 
+def test_vector_exp_gives_the_scalar_exps_bits_where_the_row_kernels_use_it():
+    # the row kernels' vector exp (table scale in one integer add, no clamping) must give
+    # exp's bits for every s the kernels hand it (finite s >= FAST_EXP_MIN), so that a
+    # row's loss never depends on which of the two computed it; and 0 for -inf
+    top = int(np.float32(-87.0).view(np.uint32))
+    x = np.concatenate([np.arange(0x80000000, top + 1, 7, dtype=np.uint32).view(np.float32),
+                        np.array([-87.0, -0.0, 0.0, -1e-45], dtype=np.float32)])
+    assert np.array_equal(_elementwise("exp_neg", x).view(np.uint32),
+                          _elementwise("exp", x).view(np.uint32))
+    special = np.array([-np.inf, -1e30, -88.03, -88.5, -200.0, np.nan], dtype=np.float32)
+    got = _elementwise("exp_neg", special)
+    assert np.all(got[:5] == 0.0) and np.isnan(got[5])
+    x64 = np.concatenate([np.random.default_rng(3).uniform(-708.0, 0.0, 200_000), [-708.0, 0.0]])
+    assert np.array_equal(_elementwise("exp_neg", x64), _elementwise("exp", x64))
+    got64 = _elementwise("exp_neg", np.array([-np.inf, -1e300, -709.5, np.nan]))
+    assert np.all(got64[:3] == 0.0) and np.isnan(got64[3])
+
+
+@pytest.mark.parametrize("name", ["exp", "expm1", "tanh"])
+def test_vector_forms_give_the_scalar_functions_bits(name):
+    # exp/expm1/tanh have one body, instantiated for float and for vectors (general-path
+    # blocks, tile gradients and softcap use the vector forms): same bits everywhere
+    x = np.concatenate([_all_float32_between(-110.0, 95.0, 4099),
+                        np.array([-np.inf, np.inf, np.nan, 0.0, -0.0, -104.0, 88.72, -18.0,
+                                  20.0, 0.34657359, -0.34657359, 0.55, -0.55], dtype=np.float32)])
+    assert np.array_equal(_elementwise("v" + name, x).view(np.uint32),
+                          _elementwise(name, x).view(np.uint32))
+
+
 def test_exp_f64_accuracy():
     rng = np.random.default_rng(5)
     x = np.concatenate([rng.uniform(-745, 709, 200_000), rng.uniform(-1, 1, 100_000)])

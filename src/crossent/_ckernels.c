@@ -70,27 +70,101 @@ INLINE double u2d(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
            1.0 / 40320.0) * (r) + 1.0 / 5040.0) * (r) + 1.0 / 720.0) * (r) + 1.0 / 120.0) * \
         (r) + 1.0 / 24.0) * (r) + 1.0 / 6.0) * (r) + 0.5) * (r) + 1.0) * (r) + 1.0
 
-/* Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial (its
- * approximation error is 0.05 ulp), scaled by 2^n in two steps so that results in the
- * subnormal range are rounded once, correctly. Below -104 the result is 0 (also for
- * -inf), above 88.72 it is inf; NaN stays NaN because every select tests "x < lo" or
- * "x > hi", which is false for NaN. */
-INLINE float exp_f32(float x) {
-    const float hi = 88.72283935546875f, lo = -104.0f;
-    float xc = x > hi ? hi : x;
-    xc = xc < lo ? lo : xc;
-    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    float t = xc * 1.44269504088896341f + magic;
-    float n = t - magic;
-    int32_t ni = (int32_t)(f2u(t) - f2u(magic));
-    float r = EXP_REDUCE_F32(xc, n);
-    float p = EXP_POLY_F32(r);
-    int32_t n1 = ni >> 1, n2 = ni - n1;
-    float res = p * u2f((uint32_t)(n1 + 127) << 23) * u2f((uint32_t)(n2 + 127) << 23);
-    res = x > hi ? INFINITY : res;
-    res = x < lo ? 0.0f : res;
-    return res;
-}
+/* exp in float32: x = (16 k + j) ln2/16 + r, |r| <= ln2/32, so e^x = 2^k 2^(j/16) e^r with
+ * 2^(j/16) from a 16-entry table (one register: a vector lookup is one permute) and
+ * e^r - 1 a degree-3 polynomial. Against a degree-6 polynomial on |r| <= ln2/2 this saves
+ * three multiply-adds per element, and the multiply-add pipes are what bound the row
+ * kernels. Error: the table entries' rounding (<= 0.5 ulp) and the final rounding; 0.99
+ * ulp measured over every float32 input (benchmarks/exp_accuracy.py). */
+#define LOG2E16_F32 0x1.715476p+4f /* 16 / ln2 */
+/* ln2/16 split in two so that n * LN2_16_HI_F32 is exact for |n| < 2^12 (|x| < 177) */
+#define LN2_16_HI_F32 0x1.62ep-5f
+#define LN2_16_LO_F32 0x1.0bfbe8p-19f
+#define EXP_REDUCE16_F32(x, n) (((x) - (n) * LN2_16_HI_F32) - (n) * LN2_16_LO_F32)
+/* e^r - 1 on |r| <= ln2/32 as r + r^2 (c2 + c3 r), fitted for the least maximal relative
+ * error of 1 + q (Lawson's iteration; 1.6e-9, 0.013 ulp) */
+#define EXPM1_POLY16_F32(r) ((r) + ((r) * (r)) * ((r) * 0x1.55559ap-3f + 0x1.00022p-1f))
+#define EXP2_16THS_F32                                                                   \
+    {0x1p+0f, 0x1.0b5586p+0f, 0x1.172b84p+0f, 0x1.2387a6p+0f, 0x1.306fe0p+0f,             \
+     0x1.3dea64p+0f, 0x1.4bfdaep+0f, 0x1.5ab07ep+0f, 0x1.6a09e6p+0f, 0x1.7a1148p+0f,      \
+     0x1.8ace54p+0f, 0x1.9c4918p+0f, 0x1.ae89fap+0f, 0x1.c199bep+0f, 0x1.d5818ep+0f,      \
+     0x1.ea4afap+0f}
+static const float exp2_16ths_f32[16] = EXP2_16THS_F32;
+
+/* exp_f32, expm1_f32 and tanh_f32 are written once as bodies over a float type FT (float
+ * or a vector of floats) and its integer type IT, with SEL(c, a, b) for c ? a : b and AS_F /
+ * AS_I for bit casts, and instantiated for both: the vector forms give the scalar forms'
+ * bits by construction, and the compiler need not vectorise a table lookup (GCC emulates
+ * the gather with scalar loads, which made the loops calling exp 40 % slower).
+ *
+ * exp: below -104 the result is 0 (also for -inf), above 88.72 it is inf; NaN stays NaN
+ * because every select tests "x < lo" or "x > hi", which is false for NaN. The scale 2^k
+ * is applied in two steps so that a result in the subnormal range is rounded there
+ * (after the rounding of T (1 + q)). */
+#define EXP_F32_BODY(FT, IT, SEL, AS_F, AS_I, TABLE)                                      \
+    const FT hi = (FT){0} + 88.72283935546875f, lo = (FT){0} - 104.0f;                    \
+    FT xc = SEL(x > hi, hi, x);                                                           \
+    xc = SEL(xc < lo, lo, xc);                                                            \
+    /* + 1.5 * 2^23 rounds to an integer n, which t's low bits then hold */               \
+    FT t = xc * LOG2E16_F32 + 12582912.0f;                                                \
+    FT n = t - 12582912.0f;                                                               \
+    IT ni = AS_I(t) - 0x4b400000;                                                         \
+    FT r = EXP_REDUCE16_F32(xc, n);                                                       \
+    FT q = EXPM1_POLY16_F32(r);                                                           \
+    FT tj = TABLE(ni);                                                                    \
+    IT k = ni >> 4, k1 = k >> 1, k2 = k - k1;                                             \
+    FT res = (tj * q + tj) * AS_F((k1 + 127) << 23) * AS_F((k2 + 127) << 23);             \
+    res = SEL(x > hi, (FT){0} + INFINITY, res);                                           \
+    return SEL(x < lo, (FT){0}, res);
+
+/* expm1: tanh(u) = sign(u) * (-expm1(-2|u|)) / (2 + expm1(-2|u|)): no cancellation near
+ * 0, because expm1 is evaluated by its own Taylor series where |x| < ln2/2. Beyond: x =
+ * n ln2 + r, expm1(x) = 2^n expm1(r) + (2^n - 1), both terms exact enough (2^n - 1 is
+ * exact for |n| <= 24) that no cancellation amplifies exp's error, as exp(x) - 1 would
+ * (3 ulp near x = 0.37). Nested selects, not a conjunction of masks: GCC 12 computes a
+ * vector select on combined masks lane by lane. */
+#define EXPM1_F32_BODY(FT, IT, SEL, AS_F, AS_I, EXPF)                                     \
+    FT p = (FT){0} + 2.4801587642e-5f; /* 1/8! */                                        \
+    p = p * x + 1.9841270114e-4f;                                                         \
+    p = p * x + 1.3888889225e-3f;                                                         \
+    p = p * x + 8.3333337680e-3f;                                                         \
+    p = p * x + 4.1666667908e-2f;                                                         \
+    p = p * x + 1.6666667163e-1f;                                                         \
+    p = p * x + 0.5f;                                                                     \
+    FT small = x + x * x * p;                                                             \
+    FT xc = SEL(x < -18.0f, (FT){0} - 18.0f, SEL(x > 20.0f, (FT){0} + 20.0f, x));        \
+    FT t = xc * 1.44269504088896341f + 12582912.0f;                                       \
+    FT n = t - 12582912.0f;                                                               \
+    IT ni = AS_I(t) - 0x4b400000;                                                         \
+    FT r = EXP_REDUCE_F32(xc, n);                                                         \
+    FT q = (FT){0} + 2.4801587642e-5f;                                                    \
+    q = q * r + 1.9841270114e-4f;                                                         \
+    q = q * r + 1.3888889225e-3f;                                                         \
+    q = q * r + 8.3333337680e-3f;                                                         \
+    q = q * r + 4.1666667908e-2f;                                                         \
+    q = q * r + 1.6666667163e-1f;                                                         \
+    q = q * r + 0.5f;                                                                     \
+    FT em = r + r * r * q;                                                                \
+    FT two = AS_F((ni + 127) << 23);                                                      \
+    FT mid = two * em + (two - 1.0f);                                                     \
+    FT res = SEL(x > -0.34657359f, SEL(x < 0.34657359f, small, mid), mid);                \
+    res = SEL(x > 20.0f, EXPF(x) - 1.0f, res); /* the -1 is below half an ulp there */   \
+    return SEL(x < -18.0f, (FT){0} - 1.0f, res); /* e^x below half an ulp of 1 */
+
+/* tanh: away from 0, 1 - 2 / (e^2a + 1): the quotient is small there, so its error
+ * shrinks in the difference (the expm1 form reaches 2.5 ulp near |u| = 4.5) */
+#define TANH_F32_BODY(FT, SEL, EXPF, EXPM1F)                                              \
+    FT a = SEL(u < 0.0f, -u, u);                                                          \
+    FT e = EXPM1F(-2.0f * a);                                                             \
+    FT t = -e / (2.0f + e);                                                               \
+    t = SEL(a > 0.55f, 1.0f - 2.0f / (EXPF(2.0f * a) + 1.0f), t);                         \
+    return SEL(u < 0.0f, -t, t);
+
+INLINE float sel_s32(int c, float a, float b) { return c ? a : b; }
+#define AS_F_S32(i) u2f((uint32_t)(i))
+#define AS_I_S32(f) ((int32_t)f2u(f))
+#define TABLE_S32(ni) exp2_16ths_f32[(ni) & 15]
+INLINE float exp_f32(float x) { EXP_F32_BODY(float, int32_t, sel_s32, AS_F_S32, AS_I_S32, TABLE_S32) }
 
 /* ------------------------------------------------------------- exp, float64 */
 INLINE double exp_f64(double x) {
@@ -110,42 +184,8 @@ INLINE double exp_f64(double x) {
     return res;
 }
 
-/* ------------------------------------------------- expm1 and tanh (softcap)
- * tanh(u) = sign(u) * (-expm1(-2|u|)) / (2 + expm1(-2|u|)): no cancellation near 0,
- * because expm1 is evaluated by its own Taylor series where |x| < ln2/2. */
-INLINE float expm1_f32(float x) {
-    float p = 2.4801587642e-5f; /* 1/8! */
-    p = p * x + 1.9841270114e-4f;
-    p = p * x + 1.3888889225e-3f;
-    p = p * x + 8.3333337680e-3f;
-    p = p * x + 4.1666667908e-2f;
-    p = p * x + 1.6666667163e-1f;
-    p = p * x + 0.5f;
-    float small = x + x * x * p;
-    /* beyond ln2/2: x = n ln2 + r, expm1(x) = 2^n expm1(r) + (2^n - 1), both terms exact
-       enough (2^n - 1 is exact for |n| <= 24) that no cancellation amplifies exp's error,
-       as exp(x) - 1 would (3 ulp near x = 0.37) */
-    float xc = x < -18.0f ? -18.0f : (x > 20.0f ? 20.0f : x);
-    const float magic = 12582912.0f;
-    float t = xc * 1.44269504088896341f + magic;
-    float n = t - magic;
-    int32_t ni = (int32_t)(f2u(t) - f2u(magic));
-    float r = EXP_REDUCE_F32(xc, n);
-    float q = 2.4801587642e-5f;
-    q = q * r + 1.9841270114e-4f;
-    q = q * r + 1.3888889225e-3f;
-    q = q * r + 8.3333337680e-3f;
-    q = q * r + 4.1666667908e-2f;
-    q = q * r + 1.6666667163e-1f;
-    q = q * r + 0.5f;
-    float em = r + r * r * q;
-    float two = u2f((uint32_t)(ni + 127) << 23);
-    float mid = two * em + (two - 1.0f);
-    float res = (x > -0.34657359f && x < 0.34657359f) ? small : mid;
-    res = x > 20.0f ? exp_f32(x) - 1.0f : res; /* the -1 is below half an ulp there */
-    res = x < -18.0f ? -1.0f : res;             /* e^x below half an ulp of 1 */
-    return res;
-}
+/* ------------------------------------------------- expm1 and tanh (softcap) */
+INLINE float expm1_f32(float x) { EXPM1_F32_BODY(float, int32_t, sel_s32, AS_F_S32, AS_I_S32, exp_f32) }
 
 INLINE double expm1_f64(double x) {
     double p = 1.0 / 6227020800.0;
@@ -165,15 +205,7 @@ INLINE double expm1_f64(double x) {
     return (x > -0.34657359027997264 && x < 0.34657359027997264) ? small : big;
 }
 
-INLINE float tanh_f32(float u) {
-    float a = u < 0.0f ? -u : u;
-    float e = expm1_f32(-2.0f * a);
-    float t = -e / (2.0f + e);
-    /* away from 0, 1 - 2 / (e^2a + 1): the quotient is small there, so its error shrinks
-       in the difference (the form above reaches 2.5 ulp near |u| = 4.5) */
-    t = a > 0.55f ? 1.0f - 2.0f / (exp_f32(2.0f * a) + 1.0f) : t;
-    return u < 0.0f ? -t : t;
-}
+INLINE float tanh_f32(float u) { TANH_F32_BODY(float, sel_s32, exp_f32, expm1_f32) }
 
 INLINE double tanh_f64(double u) {
     double a = u < 0.0 ? -u : u;
@@ -318,28 +350,44 @@ typedef int32_t vi32 __attribute__((vector_size(64)));
 typedef double vf64 __attribute__((vector_size(64)));
 typedef int64_t vi64 __attribute__((vector_size(64)));
 typedef float vf32h __attribute__((vector_size(32)));
+typedef int64_t vi64h __attribute__((vector_size(32)));
+typedef int64_t vi64q __attribute__((vector_size(16)));
 
 /* a ? x : y, lane by lane (C has no ?: on vectors); the compiler emits a blend */
 INLINE vf32 sel_f32(vi32 a, vf32 x, vf32 y) { return (vf32)((a & (vi32)x) | (~a & (vi32)y)); }
 INLINE vf64 sel_f64(vi64 a, vf64 x, vf64 y) { return (vf64)((a & (vi64)x) | (~a & (vi64)y)); }
 
-/* exp(s) for s <= 0 (and NaN, and -inf): one rounding, like exp_f32, for s >= -87 (every
- * result normal, or subnormal after the single final multiply); 0 for s <= -88, -inf
- * included. Between -88 and -87 the result may be 0 instead of a value below 2^-126: the
- * row kernels call it only on blocks whose finite values all lie above -87 (see
- * FAST_EXP_MIN). The scale 2^n is built in one step, (n + 127) << 23, which is 0 for
- * n = -127: cheaper than exp_f32's two-step scale, which it needs for the whole range. */
+/* exp(s) for s <= 0 (and NaN, and -inf): the same bits as exp_f32 for s >= -87 (every
+ * result normal), 0 for s <= -88.03, -inf included. Between -88.03 and -87 a result
+ * below 2^-126 may be inexact: the row kernels call it only on blocks whose finite values all lie above
+ * -87 (see FAST_EXP_MIN). Cheaper than exp_f32: no clamping, and the scale 2^k goes into
+ * the table entry's exponent with one integer add instead of two multiplies. */
 INLINE vf32 vexp_neg_f32(vf32 s) {
-    const vf32 lo = (vf32){0} - 88.0f;
+    /* s is clamped (a select used only as a select: GCC 12 computed a select whose mask
+       it could merge with another one lane by lane) at -2032 ln2/16, where the table
+       index is 0 and k = -127: T 2^k is then exactly 0 as bits, 0x3f800000 - (127 << 23) */
+    const vf32 lo = (vf32){0} - 0x1.601e68p+6f, table = EXP2_16THS_F32;
     s = sel_f32(s < lo, lo, s); /* NaN compares false and stays NaN */
     const float magic = 12582912.0f;
-    vf32 t = s * 1.44269504088896341f + magic;
+    vf32 t = s * LOG2E16_F32 + magic;
     vf32 n = t - magic;
-    vf32 r = EXP_REDUCE_F32(s, n);
-    vf32 p = EXP_POLY_F32(r);
-    vi32 scale = ((vi32)t << 23) + 0x3f800000; /* t's low bits hold n: (n + 127) << 23 */
-    return p * (vf32)scale;
+    vf32 r = EXP_REDUCE16_F32(s, n);
+    vf32 q = EXPM1_POLY16_F32(r);
+    vi32 ti = (vi32)t; /* t's low bits hold n = 16 k + j */
+    vf32 tj = __builtin_shuffle(table, ti); /* the index is taken modulo 16: j */
+    /* T 2^k by adding k to T's exponent: (ti << 19) keeps n's bits from bit 19 up, the
+       mask drops j's; exact while k >= -126 (s > -87.34) */
+    vf32 ts = (vf32)((vi32)tj + ((ti << 19) & (int32_t)0xff800000));
+    return ts * q + ts;
 }
+
+/* exp_f32, expm1_f32 and tanh_f32 lane by lane, with their bits (see EXP_F32_BODY) */
+#define AS_F_V32(i) ((vf32)(i))
+#define AS_I_V32(f) ((vi32)(f))
+#define TABLE_V32(ni) __builtin_shuffle((vf32)EXP2_16THS_F32, ni) /* index modulo 16 */
+INLINE vf32 vexp_f32(vf32 x) { EXP_F32_BODY(vf32, vi32, sel_f32, AS_F_V32, AS_I_V32, TABLE_V32) }
+INLINE vf32 vexpm1_f32(vf32 x) { EXPM1_F32_BODY(vf32, vi32, sel_f32, AS_F_V32, AS_I_V32, vexp_f32) }
+INLINE vf32 vtanh_f32(vf32 u) { TANH_F32_BODY(vf32, sel_f32, vexp_f32, vexpm1_f32) }
 
 /* the same for float64: one rounding for s >= -708, 0 for s <= -709 (n = -1023) */
 INLINE vf64 vexp_neg_f64(vf64 s) {
@@ -379,6 +427,13 @@ INLINE float hsum_f32(vf32 v) { return TREE16(ADD, v); }
 INLINE double hmax_f64(vf64 v) { return TREE8(MAX_F64, v); }
 INLINE double hmin_f64(vf64 v) { return TREE8(MIN_F64, v); }
 INLINE double hsum_f64(vf64 v) { return TREE8(ADD, v); }
+/* whether any lane of a comparison is true: ORs of halves, narrowing to one scalar */
+INLINE int any_i64(vi64 x) {
+    vi64h a = __builtin_shufflevector(x, x, 0, 1, 2, 3) | __builtin_shufflevector(x, x, 4, 5, 6, 7);
+    vi64q b = __builtin_shufflevector(a, a, 0, 1) | __builtin_shufflevector(a, a, 2, 3);
+    return (b[0] | b[1]) != 0;
+}
+INLINE int any_i32(vi32 m) { return any_i64((vi64)m); }
 
 /* a 16 x 16 transpose in registers: four rounds of two-input shuffles, each swapping
  * the off-diagonal blocks of size 8, 4, 2, 1 (a[i][j] <-> a[j][i]) */
@@ -431,6 +486,10 @@ INLINE void widen_add_f64(vf64 acc[2], vf64 v) { acc[0] += v; }
     INLINE VT NAME##_tail(const char *row, Py_ssize_t c, int n, T fill) {                \
         T t[VL];                                                                         \
         for (int j = 0; j < VL; j++) t[j] = j < n ? LOADER(row, c + j) : fill;           \
+        /* the barrier makes the vector a plain load: seeing it built lane by lane, GCC    \
+           computed everything downstream lane by lane too (a scalar compare and select  \
+           per lane in the row's last vector, ~250 ns per row) */                        \
+        __asm__ volatile("" : : "r"(t) : "memory");                                      \
         VT v;                                                                            \
         memcpy(&v, t, sizeof v);                                                         \
         return v;                                                                        \
@@ -578,10 +637,15 @@ DEFINE_VLOAD(vload_f16, vf32, float, 16, LOAD_F16)
 #define VT vf32
 #define VI vi32
 #define VL 16
+#define VIOTA ((vi32){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
 #define SEL sel_f32
+#define ANY any_i32
 #define VLOADT vload_f32
 #define VLOADT_tail vload_f32_tail
 #define VEXPNEG vexp_neg_f32
+#define VEXP vexp_f32
+#define VEXPM1 vexpm1_f32
+#define VTANH vtanh_f32
 #define HMAX hmax_f32
 #define HMIN hmin_f32
 #define HSUM hsum_f32
@@ -639,10 +703,15 @@ DEFINE_VLOAD(vload_f16, vf32, float, 16, LOAD_F16)
 #undef VT
 #undef VI
 #undef VL
+#undef VIOTA
 #undef SEL
+#undef ANY
 #undef VLOADT
 #undef VLOADT_tail
 #undef VEXPNEG
+#undef VEXP
+#undef VEXPM1
+#undef VTANH
 #undef HMAX
 #undef HMIN
 #undef HSUM
@@ -658,7 +727,9 @@ DEFINE_VLOAD(vload_f16, vf32, float, 16, LOAD_F16)
 #define VT vf64
 #define VI vi64
 #define VL 8
+#define VIOTA ((vi64){0, 1, 2, 3, 4, 5, 6, 7})
 #define SEL sel_f64
+#define ANY any_i64
 #define VLOADT vload_f64
 #define VLOADT_tail vload_f64_tail
 #define VEXPNEG vexp_neg_f64
@@ -689,9 +760,9 @@ static void *run_task(void *arg) {
     const int small = pb->n_cols <= SMALL_C;
     size_t esz = pb->dtype == DT_F64 ? 8 : 4;
     size_t n = (size_t)(pb->n_cols > 0 ? pb->n_cols : 1) * (small ? TILE : 1);
-    /* stats: two values per block of SUM_BLOCK (ROW_EXPSUM) */
+    /* stats: two 64-byte vectors per block of SUM_BLOCK (ROW_EXPSUM) */
     size_t ns = 2 * (size_t)((pb->n_cols + SUM_BLOCK - 1) / SUM_BLOCK + 1);
-    void *zbuf = malloc(n * esz), *ebuf = malloc(n * esz), *stats = malloc(ns * esz);
+    void *zbuf = malloc(n * esz), *ebuf = malloc(n * esz), *stats = aligned_alloc(64, ns * 64);
     row_kernel k = NULL;
     switch (pb->dtype) {
     case DT_F32: k = small ? (row_kernel)tiles_f32 : (row_kernel)rows_f32; break;
@@ -719,7 +790,7 @@ static int run_wide(const Problem *pb, int nt) {
     job.nt = nt;
     job.zbuf = malloc((size_t)C * esz);
     job.ebuf = malloc((size_t)C * esz);
-    job.stats = malloc(2 * (size_t)nb * esz);
+    job.stats = aligned_alloc(64, 2 * (size_t)nb * 64);
     job.bw = malloc(2 * (size_t)nb * esz);
     job.bsum = aligned_alloc(64, 2 * (size_t)nb * 64);
     int failed = !job.zbuf || !job.ebuf || !job.stats || !job.bw || !job.bsum;
@@ -913,6 +984,9 @@ ELEMENTWISE(log1p_buf_f64, double, log1p_f64)
     }
 VEC_ELEMENTWISE(exp_neg_buf_f32, float, vf32, 16, vexp_neg_f32)
 VEC_ELEMENTWISE(exp_neg_buf_f64, double, vf64, 8, vexp_neg_f64)
+VEC_ELEMENTWISE(vexp_buf_f32, float, vf32, 16, vexp_f32)
+VEC_ELEMENTWISE(vexpm1_buf_f32, float, vf32, 16, vexpm1_f32)
+VEC_ELEMENTWISE(vtanh_buf_f32, float, vf32, 16, vtanh_f32)
 
 static PyObject *py_elementwise(PyObject *self, PyObject *args) {
     const char *name;
@@ -925,6 +999,9 @@ static PyObject *py_elementwise(PyObject *self, PyObject *args) {
     else if (strcmp(name, "exp") == 0 && dtype == DT_F64) exp_buf_f64(px, po, n);
     else if (strcmp(name, "exp_neg") == 0 && dtype == DT_F32) exp_neg_buf_f32(px, po, n);
     else if (strcmp(name, "exp_neg") == 0 && dtype == DT_F64) exp_neg_buf_f64(px, po, n);
+    else if (strcmp(name, "vexp") == 0 && dtype == DT_F32) vexp_buf_f32(px, po, n);
+    else if (strcmp(name, "vexpm1") == 0 && dtype == DT_F32) vexpm1_buf_f32(px, po, n);
+    else if (strcmp(name, "vtanh") == 0 && dtype == DT_F32) vtanh_buf_f32(px, po, n);
     else if (strcmp(name, "expm1") == 0 && dtype == DT_F32) expm1_buf_f32(px, po, n);
     else if (strcmp(name, "tanh") == 0 && dtype == DT_F32) tanh_buf_f32(px, po, n);
     else if (strcmp(name, "log") == 0 && dtype == DT_F32) log_buf_f32(px, po, n);

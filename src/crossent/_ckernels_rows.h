@@ -36,6 +36,7 @@
 #define ROW_FINISH CAT(row_finish_all, SUFFIX)
 #define ROW_EXPSUM CAT(row_expsum, SUFFIX)
 #define VEXP_ANY CAT(vexp_any, SUFFIX)
+#define SOFTCAP CAT(softcap, SUFFIX)
 #define VFINISH CAT(vrow_finish, SUFFIX)
 #define TILE_GRAD CAT(tile_grad, SUFFIX)
 
@@ -82,9 +83,11 @@ INLINE T GRAD_TARGET(const Problem *pb, T s_y, T lse_s, T w_y, T coef, T gr) {
 
 /* Pass 1 over one block of a row: its maximum (NaN ignored: a NaN reaches the sum
  * through exp and makes the row's loss NaN) and its least finite value (the block may use
- * the fast exp when every finite s = z - m is above FAST_EXP_MIN). */
+ * the fast exp when every finite s = z - m is above FAST_EXP_MIN), each as a vector whose
+ * lanes hold the statistic of every VL-th element: pass 2 tests them lane-wise, with no
+ * horizontal reduction per block (those were a tenth of the forward's time at C = 1000). */
 INLINE void BLOCK_STATS(const char *src, const int from_t, Py_ssize_t c0, Py_ssize_t c1,
-                        T *bmax, T *bmin) {
+                        VT *bmax, VT *bmin) {
     const VT ninf = (VT){0} - (T)INFINITY, pinf = (VT){0} + (T)INFINITY;
     VT vmax = ninf, vmin = pinf;
     Py_ssize_t c = c0;
@@ -95,23 +98,50 @@ INLINE void BLOCK_STATS(const char *src, const int from_t, Py_ssize_t c0, Py_ssi
         vmin = SEL(f < vmin, f, vmin);
     }
     if (c < c1) {
+        /* the block's last VL elements when it has that many (repeating some changes
+           neither the maximum nor the minimum), else the rest padded with -inf */
         const int n = (int)(c1 - c);
-        VT v = from_t ? VLOADT_tail(src, c, n, -(T)INFINITY) : VLOADX_tail(src, c, n, -(T)INFINITY);
+        VT v = c1 - c0 >= VL ? (from_t ? VLOADT(src, c1 - VL) : VLOADX(src, c1 - VL))
+                        : (from_t ? VLOADT_tail(src, c, n, -(T)INFINITY)
+                                  : VLOADX_tail(src, c, n, -(T)INFINITY));
         vmax = SEL(v > vmax, v, vmax);
         VT f = SEL(v > ninf, v, pinf);
         vmin = SEL(f < vmin, f, vmin);
     }
-    *bmax = HMAX(vmax);
-    *bmin = HMIN(vmin);
+    *bmax = vmax;
+    *bmin = vmin;
 }
 
 /* exp lane by lane with the general EXP (any s: +inf, NaN, deep underflow) */
 INLINE VT VEXP_ANY(VT s) {
+#ifdef VEXP
+    return VEXP(s);
+#else
     T t[VL];
     memcpy(t, &s, sizeof s);
     for (int j = 0; j < VL; j++) t[j] = EXP(t[j]);
     memcpy(&s, t, sizeof s);
     return s;
+#endif
+}
+
+/* cap tanh(v / cap) over n values, in place in dst (from src) */
+INLINE void SOFTCAP(T *dst, const char *src, const int from_t, Py_ssize_t n, T cap) {
+    Py_ssize_t c = 0;
+#ifdef VTANH
+    for (; c + VL <= n; c += VL) {
+        VT v = from_t ? VLOADT(src, c) : VLOADX(src, c);
+        v = cap * VTANH(v / cap);
+        memcpy(dst + c, &v, sizeof v);
+    }
+#endif
+    if (from_t) {
+#pragma omp simd
+        for (Py_ssize_t i = c; i < n; i++) dst[i] = cap * TANH(((const T *)src)[i] / cap);
+    } else {
+#pragma omp simd
+        for (Py_ssize_t i = c; i < n; i++) dst[i] = cap * TANH(LOAD(src, i) / cap);
+    }
 }
 
 /* Pass 2 over one block: exp(z - m) into ebuf (if want_e) and summed; with split, the
@@ -144,7 +174,21 @@ INLINE void BLOCK_EXPSUM(const char *src, const int from_t, Py_ssize_t c0, Py_ss
         if (next) __builtin_prefetch(next + c * STORAGE_SIZE, 0, 2);
         EXPSUM_STEP(from_t ? VLOADT(src, c) : VLOADX(src, c), memcpy(ebuf + c, &e, sizeof e))
     }
-    if (c < c1) {
+    if (c < c1 && c1 - c0 >= VL) {
+        /* the block's last VL elements, those already summed masked to -inf (exp 0, never
+           top): a full vector load. A vector padded lane by lane made GCC compute the
+           whole step lane by lane, ~250 ns per row. Within the block: in wide mode the
+           previous block's ebuf may belong to another thread. */
+        const Py_ssize_t o = c1 - VL;
+        const VI done = VIOTA < (VI){0} + (int)(VL - (c1 - c));
+        VT v = from_t ? VLOADT(src, o) : VLOADX(src, o);
+        EXPSUM_STEP(SEL(done, (VT){0} - (T)INFINITY, v), {
+            VT old;
+            memcpy(&old, ebuf + o, sizeof old);
+            old = SEL(done, old, e);
+            memcpy(ebuf + o, &old, sizeof old);
+        })
+    } else if (c < c1) {
         const int n = (int)(c1 - c);
         EXPSUM_STEP(from_t ? VLOADT_tail(src, c, n, -(T)INFINITY)
                            : VLOADX_tail(src, c, n, -(T)INFINITY),
@@ -157,11 +201,13 @@ INLINE void BLOCK_EXPSUM(const char *src, const int from_t, Py_ssize_t c0, Py_ss
 
 /* pass 2 of one block, with the flags of its statistics: the block's partial sums */
 INLINE void BLOCK_PASS2(const char *src, const int from_t, Py_ssize_t k, Py_ssize_t C,
-                        const T *stats, T m, T row_max, int general, int backward,
+                        const VT *stats, T m, T row_max, int general, int backward,
                         const int want_e, T *restrict ebuf, VT *br, VT *bt, const char *next) {
     const Py_ssize_t c0 = k * SUM_BLOCK, c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
-    const int split = !backward && (general || stats[2 * k] == row_max);
-    const int fast = !general && stats[2 * k + 1] - m >= FAST_EXP_MIN;
+    const int split = !backward && (general || ANY(stats[2 * k] == row_max));
+    /* min - m >= FAST_EXP_MIN for the least lane iff for every lane (the rounded
+       difference is monotonic); the +inf of lanes without a finite value pass */
+    const int fast = !general && !ANY(stats[2 * k + 1] - m < FAST_EXP_MIN);
 #define EXPSUM_CASE(F, S)                                                                \
     if (want_e) BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 1, ebuf, br, bt, next);       \
     else BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 0, ebuf, br, bt, next);
@@ -183,19 +229,20 @@ INLINE int ROW_SHIFT(T row_max, const T *lse_in_r, T *m) {
 
 /* Passes 1 and 2 over a row: the shift m (the maximum, or the saved lse), the sum of the
  * non-maximal exponentials (rest) and the number of maximal terms (top). `stats` holds two
- * values per block of SUM_BLOCK. A row whose maximum is not finite (+inf, all -inf, all
+ * vectors per block of SUM_BLOCK (BLOCK_STATS). A row whose maximum is not finite (+inf, all -inf, all
  * NaN) shifts by 0, as crossent._reference does, and uses the general exp. */
 INLINE void ROW_EXPSUM(const char *src, const int from_t, Py_ssize_t C, const T *lse_in_r,
-                       const int want_e, T *restrict ebuf, T *restrict stats, T *m_out,
+                       const int want_e, T *restrict ebuf, VT *restrict stats, T *m_out,
                        double *rest_out, double *top_out, const char *next) {
     const Py_ssize_t nb = (C + SUM_BLOCK - 1) / SUM_BLOCK;
-    T m = -INFINITY;
+    VT vmax = (VT){0} - (T)INFINITY;
     for (Py_ssize_t k = 0; k < nb; k++) {
         const Py_ssize_t c0 = k * SUM_BLOCK, c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
         BLOCK_STATS(src, from_t, c0, c1, &stats[2 * k], &stats[2 * k + 1]);
-        m = stats[2 * k] > m ? stats[2 * k] : m;
+        vmax = SEL(stats[2 * k] > vmax, stats[2 * k], vmax);
     }
-    const T row_max = m;
+    const T row_max = HMAX(vmax);
+    T m;
     const int general = ROW_SHIFT(row_max, lse_in_r, &m);
     vf64 rest[2] = {{0}, {0}};
     VT top = {0};
@@ -290,8 +337,7 @@ INLINE void ROW_ZBUF(const Problem *pb, const char *xrow, T *restrict zbuf, Py_s
                      Py_ssize_t c1) {
     const T cap = (T)pb->softcap;
     if (cap > 0) {
-#pragma omp simd
-        for (Py_ssize_t c = c0; c < c1; c++) zbuf[c] = cap * TANH(LOAD(xrow, c) / cap);
+        SOFTCAP(zbuf + c0, xrow + c0 * STORAGE_SIZE, 0, c1 - c0, cap);
     } else {
 #pragma omp simd
         for (Py_ssize_t c = c0; c < c1; c++) zbuf[c] = LOAD(xrow, c);
@@ -330,7 +376,7 @@ INLINE int ROW_FINISH(const Problem *pb, Py_ssize_t r, const char *xrow, const T
 }
 
 MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
-                              T *restrict zbuf, T *restrict ebuf, T *restrict stats) {
+                              T *restrict zbuf, T *restrict ebuf, VT *restrict stats) {
     const Py_ssize_t C = pb->n_cols;
     const T eps = (T)pb->label_smoothing;
     const T *restrict lse_in = (const T *)pb->lse_in;
@@ -387,8 +433,8 @@ MULTIVERSION static void WIDE_PHASE(WideJob *j, int tid) {
     const Py_ssize_t c0 = k0 * SUM_BLOCK, c1 = k1 * SUM_BLOCK < C ? k1 * SUM_BLOCK : C;
     const size_t esz = elsize(pb->dtype);
     const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;
-    T *zbuf = (T *)j->zbuf, *ebuf = (T *)j->ebuf, *stats = (T *)j->stats, *bw = (T *)j->bw;
-    VT *bsum = (VT *)j->bsum;
+    T *zbuf = (T *)j->zbuf, *ebuf = (T *)j->ebuf, *bw = (T *)j->bw;
+    VT *bsum = (VT *)j->bsum, *stats = (VT *)j->stats;
     const T *z = USE_ZBUF(pb) ? zbuf : (STORAGE_IS_T ? (const T *)xrow : NULL);
     const char *src = z ? (const char *)z : xrow;
     const int from_t = z != NULL;
@@ -424,8 +470,8 @@ MULTIVERSION static void WIDE_PHASE(WideJob *j, int tid) {
 MULTIVERSION static void WIDE_ROWS(WideJob *j) {
     const Problem *pb = j->pb;
     const Py_ssize_t C = pb->n_cols, nb = (C + SUM_BLOCK - 1) / SUM_BLOCK;
-    const T *stats = (const T *)j->stats, *bw = (const T *)j->bw;
-    const VT *bsum = (const VT *)j->bsum;
+    const T *bw = (const T *)j->bw;
+    const VT *bsum = (const VT *)j->bsum, *stats = (const VT *)j->stats;
     const size_t esz = elsize(pb->dtype);
     for (Py_ssize_t r = 0; r < pb->n_rows; r++) {
         const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;
@@ -433,8 +479,9 @@ MULTIVERSION static void WIDE_ROWS(WideJob *j) {
         j->r = r;
         j->phase = 1;
         wide_run(j, WIDE_PHASE);
-        T row_max = -INFINITY, m;
-        for (Py_ssize_t k = 0; k < nb; k++) row_max = stats[2 * k] > row_max ? stats[2 * k] : row_max;
+        VT vmax = (VT){0} - (T)INFINITY;
+        for (Py_ssize_t k = 0; k < nb; k++) vmax = SEL(stats[2 * k] > vmax, stats[2 * k], vmax);
+        T row_max = HMAX(vmax), m;
         const T *lse_in = (const T *)pb->lse_in;
         j->general = ROW_SHIFT(row_max, lse_in ? lse_in + r : NULL, &m);
         j->m = m;
@@ -514,28 +561,30 @@ INLINE void TILE_GRAD(const Problem *pb, Py_ssize_t r, int nb, Py_ssize_t C,
     const int soft = pb->q != NULL;
     const T qeps = eps / (T)C, qkeep = 1 - eps;
     const size_t esz = elsize(pb->dtype);
-    T pc[TILE], gt[TILE], sy[TILE];
+    T sy[TILE];
     int32_t y32[TILE];
     for (int b = 0; b < TILE; b++) {
         sy[b] = (soft || ign[b] || b >= nb) ? 0 : z_y[b] - m[b];
         y32[b] = (soft || ign[b] || b >= nb) ? -1 : (int32_t)yi[b];
     }
-#pragma omp simd
-    for (int b = 0; b < TILE; b++) {
-        pc[b] = EXP(-lse_s[b]) * coef[b] * gr[b];
-        T d = GRAD_TARGET(pb, sy[b], lse_s[b], w_y[b], coef[b], gr[b]);
-        if (cap > 0) {
-            T t = z_y[b] / cap;
-            d *= (1 - t * t);
-        }
-        gt[b] = d;
-    }
-    VT vpc, vgt, vgr;
+    /* pc and GRAD_TARGET's expression for all rows at once, with the vector exp and expm1
+       (a loop over the scalar ones would not vectorise: exp's table lookup) */
+    VT vpc, vgt, vgr, vls, vcoef, vsy, vwy, vzy;
     VI vy;
-    memcpy(&vpc, pc, sizeof vpc);
-    memcpy(&vgt, gt, sizeof vgt);
     memcpy(&vgr, gr, sizeof vgr);
+    memcpy(&vls, lse_s, sizeof vls);
+    memcpy(&vcoef, coef, sizeof vcoef);
+    memcpy(&vsy, sy, sizeof vsy);
+    memcpy(&vwy, w_y, sizeof vwy);
+    memcpy(&vzy, z_y, sizeof vzy);
     memcpy(&vy, y32, sizeof vy);
+    vpc = VEXP(-vls) * vcoef * vgr;
+    vgt = vgr * (qkeep * vwy * VEXPM1(vsy - vls) + VEXP(vsy - vls) * (vcoef - qkeep * vwy) -
+                 qeps * vwy);
+    if (cap > 0) {
+        VT t = vzy / cap;
+        vgt *= (1 - t * t);
+    }
     for (Py_ssize_t c = 0; c < C; c++) {
         VT e, d;
         memcpy(&e, ebuf + c * TILE, sizeof e);
@@ -647,10 +696,7 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                 for (Py_ssize_t c = 0; c < C; c++) zbuf[c * TILE + b] = 0;
             }
         }
-        if (cap > 0) {
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < C * TILE; i++) zbuf[i] = cap * TANH(zbuf[i] / cap);
-        }
+        if (cap > 0) SOFTCAP(zbuf, (const char *)zbuf, 1, C * TILE, cap);
         T m[TILE], rest[TILE], top[TILE], sw[TILE], swz[TILE], lo[TILE];
         int any_nan[TILE];
 #pragma omp simd
@@ -679,7 +725,7 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         if (lse_in)
             for (int b = 0; b < nb; b++) m[b] = lse_in[r + b];
 #if VL == TILE
-        if (fast) { /* every s = z - m is 0, -inf or above FAST_EXP_MIN: the fast exp is exact */
+        { /* fast: every s = z - m is 0, -inf or above FAST_EXP_MIN, where the fast exp is exact */
             VT vm, vr = {0}, vt = {0};
             const VT zero = {0}, one = (VT){0} + 1;
             memcpy(&vm, m, sizeof vm);
@@ -687,7 +733,7 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                 VT z;
                 memcpy(&z, zbuf + c * TILE, sizeof z);
                 VT s = z - vm;
-                VT e = VEXPNEG(s);
+                VT e = fast ? VEXPNEG(s) : VEXP_ANY(s);
                 memcpy(ebuf + c * TILE, &e, sizeof e);
                 VI is_top = s == zero;
                 vr += SEL(is_top, zero, e);
@@ -695,8 +741,8 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
             }
             memcpy(rest, &vr, sizeof vr);
             memcpy(top, &vt, sizeof vt);
-        } else
-#endif
+        }
+#else
         for (Py_ssize_t c = 0; c < C; c++) {
 #pragma omp simd
             for (int b = 0; b < TILE; b++) {
@@ -707,6 +753,7 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                 top[b] += s == 0 ? 1 : 0;
             }
         }
+#endif
         int64_t yi[TILE];
         for (int b = 0; b < TILE; b++) yi[b] = (soft || b >= nb) ? 0 : pb->y[r + b];
         if (soft || eps > 0) {
@@ -903,6 +950,7 @@ MULTIVERSION static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t
 #undef ROW_FINISH
 #undef ROW_EXPSUM
 #undef VEXP_ANY
+#undef SOFTCAP
 #undef VFINISH
 #undef TILE_GRAD
 #undef ROWS
