@@ -148,9 +148,14 @@ _EXP_F32_Q = _f32("0x1.6a243ep-10", "0x1.1239d6p-7", "0x1.5558f2p-5", "0x1.55549
                   "0x1.fffffcp-2")
 
 
+_MAX_KERNEL_COLUMNS = 2**31 - 65  # _cmetrics.c: MAX_COLUMNS
+
+
 def _rows_ok(x: np.ndarray) -> bool:
-    """Rows of contiguous float32/float64 elements (what the kernels read)."""
+    """Rows of contiguous float32/float64 elements (what the kernels read), 1 to 2^31 - 65
+    of them (the kernels' column indices are int32 lanes)."""
     return (x.ndim == 2 and x.dtype in (np.float32, np.float64) and x.dtype.isnative
+            and 1 <= x.shape[1] <= _MAX_KERNEL_COLUMNS
             and x.strides[1] == x.itemsize and x.strides[0] % x.itemsize == 0
             and x.strides[0] >= 0)
 
