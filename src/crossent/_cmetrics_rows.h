@@ -9,6 +9,7 @@
  *   IT, IT_MAX    the integer lane type (comparison masks, column indices), its maximum
  *   VL, IOTA      lanes per vector, (VI){0, 1, ..., VL - 1}
  *   PASS2_U       blocks per step of the exp pass
+ *   MASKLOAD(p, n)  optional: the first n < VL elements at p, zeros after, by a masked load
  * and undefines them (but ISA_ATTR and PASS2_U) at its end.
  *
  * A row is processed in blocks of VL elements: `full` elements in whole blocks, then, when
@@ -26,7 +27,6 @@
 #define CAT2(a, b) a##_##b
 #define CAT(a, b) CAT2(a, b)
 #define VLOAD CAT(vload, SFX)
-#define VLOAD_PART CAT(vload_part, SFX)
 #define SPLAT CAT(splat, SFX)
 #define SPLATI CAT(splati, SFX)
 #define HMAX CAT(hmax, SFX)
@@ -40,6 +40,8 @@
 #define ROW_GEOMETRY CAT(row_geometry, SFX)
 #define LOGIT_PASS1 CAT(logit_pass1, SFX)
 #define LOGIT_PASS2 CAT(logit_pass2, SFX)
+#define LOGIT_PASS2_ROWS CAT(logit_pass2_rows, SFX)
+#define LOGIT_GROUP CAT(logit_group, SFX)
 #define LOGIT_ROWS CAT(logit_rows, SFX)
 #define PROB_BLOCK CAT(prob_block, SFX)
 #define PROB_ROWS CAT(prob_rows, SFX)
@@ -53,7 +55,12 @@ INLINE VT VLOAD(const T *p) {
     return v;
 }
 
-/* the first n < VL elements, then zeros */
+/* the first n < VL elements, then zeros (only in the kernels: MASKLOAD, where defined, is an
+ * intrinsic that inlines only into functions of its instruction set) */
+#ifdef MASKLOAD
+#define VLOAD_PART(p, n) MASKLOAD(p, n)
+#else
+#define VLOAD_PART CAT(vload_part, SFX)
 INLINE VT VLOAD_PART(const T *p, Py_ssize_t n) {
     T t[VL];
     for (int j = 0; j < VL; j++) t[j] = j < n ? p[j] : (T)0;
@@ -61,6 +68,7 @@ INLINE VT VLOAD_PART(const T *p, Py_ssize_t n) {
     memcpy(&v, t, sizeof v);
     return v;
 }
+#endif
 
 /* x in every lane. Written as arithmetic on a zero vector because GCC 12 builds
  * initialisers ({x, x, ...}) and even (VI){0} + x lane by lane, with VL masked broadcasts,
@@ -204,13 +212,122 @@ INLINE void LOGIT_PASS2(const T *p, int U, VI fresh, VT vm, VD s1[NACC], VD s2[N
     }
 }
 
+/* Pass 2 of one block of each of R rows (v[k], maximum vm[k]): their exps interleaved. */
+INLINE void LOGIT_PASS2_ROWS(const VT *v, int R, VI fresh, const VT *vm, VD (*s1)[NACC],
+                             VD (*s2)[NACC], VI *vties) {
+    VT e[EXP_UMAX];
+    VI keep[EXP_UMAX];
+    for (int k = 0; k < R; k++) {
+        const VI top = (VI)(v[k] == vm[k]) & fresh;
+        vties[k] -= top;
+        keep[k] = fresh & ~top;
+        e[k] = v[k] - vm[k];
+    }
+    VEXPN(e, R);
+    for (int k = 0; k < R; k++) {
+        VD d[NACC];
+        WIDEN((VT)((VI)e[k] & keep[k]), d);
+        for (int a = 0; a < NACC; a++) {
+            s1[k][a] += d[a];
+            s2[k][a] += d[a] * d[a];
+        }
+    }
+}
+
+/* GROUP_ROWS rows at once, for short rows: a row of a few blocks is one dependency chain
+ * (max, then exp, then sums) too short for the out-of-order core to overlap with the next
+ * row's, so the rows of a group go through each step together. */
+ISA_ATTR static Py_ssize_t LOGIT_GROUP(const T *x, Py_ssize_t i0, Py_ssize_t C,
+                                       Py_ssize_t stride, const int64_t *y, const GEOMETRY *g,
+                                       LogitOut o) {
+    enum { R = GROUP_ROWS };
+    const VI iota = IOTA, zero = {0}, all = zero - 1, no_index = zero + IT_MAX;
+    const T *r[R];
+    T zy[R], mx[R];
+    VT vzy[R], vmax[R], vlast[R], vm[R];
+    VI vargmax[R], vabove[R], vties[R];
+    VD s1v[R][NACC], s2v[R][NACC];
+    for (int k = 0; k < R; k++) {
+        r[k] = x + (i0 + k) * stride;
+        zy[k] = r[k][y[i0 + k]];
+        vzy[k] = SPLAT(zy[k]);
+        vmax[k] = (VT){0} - INFINITY;
+        vlast[k] = (VT){0};
+        vargmax[k] = vabove[k] = vties[k] = zero;
+        for (int a = 0; a < NACC; a++) s1v[k][a] = s2v[k][a] = (VD){0};
+    }
+    VI idx = iota;
+    for (Py_ssize_t c = 0; c < g->full; c += VL, idx += VL)
+        for (int k = 0; k < R; k++)
+            LOGIT_PASS1(VLOAD(r[k] + c), idx, all, vzy[k], &vmax[k], &vargmax[k], &vabove[k]);
+    if (g->has_last)
+        for (int k = 0; k < R; k++) {
+            vlast[k] = C >= VL ? VLOAD(r[k] + g->last) : VLOAD_PART(r[k], C);
+            LOGIT_PASS1(vlast[k], g->last_idx, g->fresh, vzy[k], &vmax[k], &vargmax[k],
+                        &vabove[k]);
+        }
+    int64_t pred[R];
+    for (int k = 0; k < R; k++) {
+        mx[k] = HMAX(vmax[k]);
+        vm[k] = SPLAT(mx[k]);
+        pred[k] = HMINI(SEL(VI, (VI)(vmax[k] == vm[k]), vargmax[k], no_index));
+    }
+    for (Py_ssize_t c = 0; c < g->full; c += VL) {
+        VT v[R];
+        for (int k = 0; k < R; k++) {
+            __builtin_prefetch(r[k] + c + g->ahead);
+            v[k] = VLOAD(r[k] + c);
+        }
+        LOGIT_PASS2_ROWS(v, R, all, vm, s1v, s2v, vties);
+    }
+    if (g->has_last) {
+        for (int k = 0; k < R; k++) __builtin_prefetch(r[k] + g->last + g->ahead);
+        LOGIT_PASS2_ROWS(vlast, R, g->fresh, vm, s1v, s2v, vties);
+    }
+    /* e_y of the R rows in one vector exp (the scalar exps' dependency chains, one after
+       another, took a third of the time at C = 5) */
+    enum { NV = (R + VL - 1) / VL };
+    T ey[NV * VL];
+    for (int j = 0; j < R; j++) ey[j] = zy[j] - mx[j];
+    for (int j = R; j < NV * VL; j++) ey[j] = 0;
+    {
+        VT ev[NV];
+        memcpy(ev, ey, sizeof ev);
+        VEXPN(ev, NV);
+        memcpy(ey, ev, sizeof ev);
+    }
+    Py_ssize_t irregular = 0;
+    for (int k = 0; k < R; k++) {
+        const Py_ssize_t i = i0 + k;
+        for (int a = 1; a < NACC; a++) {
+            s1v[k][0] += s1v[k][a];
+            s2v[k][0] += s2v[k][a];
+        }
+        const double ties = (double)HSUMI(vties[k]);
+        const double s1 = HSUMD(s1v[k][0]) + (ties - 1.0);
+        const double s2 = HSUMD(s2v[k][0]) + (ties - 1.0);
+        if (!isfinite((double)mx[k]) || !isfinite(s1) || !isfinite(s2)) irregular++;
+        o.m[i] = (double)mx[k];
+        o.zy[i] = (double)zy[k];
+        o.ey[i] = (double)ey[k];
+        o.s1[i] = s1;
+        o.s2[i] = s2;
+        o.above[i] = (double)HSUMI(vabove[k]);
+        o.pred[i] = pred[k];
+    }
+    return irregular;
+}
+
 ISA_ATTR static Py_ssize_t LOGIT_ROWS(const T *x, Py_ssize_t n_rows, Py_ssize_t C,
                                       Py_ssize_t stride, const int64_t *y, LogitOut o) {
     const VI iota = IOTA, zero = {0}, all = zero - 1, no_index = zero + IT_MAX;
     const VT minus_inf = (VT){0} - INFINITY;
     const GEOMETRY g = ROW_GEOMETRY(C, stride);
-    Py_ssize_t irregular = 0;
-    for (Py_ssize_t i = 0; i < n_rows; i++) {
+    Py_ssize_t irregular = 0, i = 0;
+    if (C <= GROUP_MAX_BLOCKS * VL)
+        for (; i + GROUP_ROWS <= n_rows; i += GROUP_ROWS)
+            irregular += LOGIT_GROUP(x, i, C, stride, y, &g, o);
+    for (; i < n_rows; i++) {
         const T *r = x + i * stride;
         const int64_t yi = y[i];
         const T zy = r[yi];
@@ -376,6 +493,8 @@ ISA_ATTR static void EXP_BUFFER(const float *x, float *out, Py_ssize_t n) {
 #undef ROW_GEOMETRY
 #undef LOGIT_PASS1
 #undef LOGIT_PASS2
+#undef LOGIT_PASS2_ROWS
+#undef LOGIT_GROUP
 #undef LOGIT_ROWS
 #undef PROB_BLOCK
 #undef PROB_ROWS
@@ -392,3 +511,4 @@ ISA_ATTR static void EXP_BUFFER(const float *x, float *out, Py_ssize_t n) {
 #undef IT_MAX
 #undef VL
 #undef IOTA
+#undef MASKLOAD
