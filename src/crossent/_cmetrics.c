@@ -76,29 +76,28 @@ INLINE double u2d(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
     EACH(Q = Q * R + 0x1.fffffcp-2f);                                                     \
     EACH(X = ((R + R2 * Q) + 1.0f) * POW2(T) * 0x1p-64f)
 
-/* exp in float64 for x <= 0: the same scheme, degree-13 Taylor polynomial by Horner's
- * rule (~1 ulp). Clamped at -746, where the result rounds to 0. */
+/* exp in float64 for x <= 0: the same scheme, e^r = 1 + (r + r^2 Q(r)) with Q of degree 9
+ * (a Chebyshev fit of (e^r - 1 - r) / r^2, 1.6e-17 relative; 22 operations against the
+ * 26 of the degree-13 Taylor series it replaces), within 1.03 ulp of e^x (1.17 before).
+ * Clamped at -746, where the result rounds to 0. */
 #define EXP_F64_LO (-746.0)
 #define EXP_F64_MAGIC 0x1.800000000043fp+52 /* 1.5 * 2^52 + 1087 */
-#define EXP_F64_STEPS(EACH, X, T, N, R, P, CLAMP, POW2)                                  \
+#define EXP_F64_STEPS(EACH, X, T, N, R, R2, Q, CLAMP, POW2)                              \
     EACH(X = CLAMP(X));                                                                   \
     EACH(T = X * 1.4426950408889634 + EXP_F64_MAGIC);                                     \
     EACH(N = T - EXP_F64_MAGIC);                                                          \
     EACH(R = (X - N * 6.93147180369123816490e-01) - N * 1.90821492927058770002e-10);      \
-    EACH(P = R * (1.0 / 6227020800.0) + 1.0 / 479001600.0);                               \
-    EACH(P = P * R + 1.0 / 39916800.0);                                                   \
-    EACH(P = P * R + 1.0 / 3628800.0);                                                    \
-    EACH(P = P * R + 1.0 / 362880.0);                                                     \
-    EACH(P = P * R + 1.0 / 40320.0);                                                      \
-    EACH(P = P * R + 1.0 / 5040.0);                                                       \
-    EACH(P = P * R + 1.0 / 720.0);                                                        \
-    EACH(P = P * R + 1.0 / 120.0);                                                        \
-    EACH(P = P * R + 1.0 / 24.0);                                                         \
-    EACH(P = P * R + 1.0 / 6.0);                                                          \
-    EACH(P = P * R + 0.5);                                                                \
-    EACH(P = P * R + 1.0);                                                                \
-    EACH(P = P * R + 1.0);                                                                \
-    EACH(X = P * POW2(T) * 0x1p-64)
+    EACH(R2 = R * R);                                                                     \
+    EACH(Q = 0x1.af389ecfc4b9cp-26 * R + 0x1.28917c89a43a7p-22);                          \
+    EACH(Q = Q * R + 0x1.71de0db2f6b19p-19);                                              \
+    EACH(Q = Q * R + 0x1.a019b9149a41cp-16);                                              \
+    EACH(Q = Q * R + 0x1.a01a01a7c2efep-13);                                              \
+    EACH(Q = Q * R + 0x1.6c16c17889ef1p-10);                                              \
+    EACH(Q = Q * R + 0x1.11111111109b5p-7);                                               \
+    EACH(Q = Q * R + 0x1.5555555553d68p-5);                                               \
+    EACH(Q = Q * R + 0x1.5555555555556p-3);                                               \
+    EACH(Q = Q * R + 0x1.0000000000001p-1);                                               \
+    EACH(X = ((R + R2 * Q) + 1.0) * POW2(T) * 0x1p-64)
 
 #define ONCE(step) step
 #define CLAMP_F32(x) ((x) < EXP_F32_LO ? EXP_F32_LO : (x))
@@ -113,8 +112,8 @@ INLINE float exp_f32(float x) {
 }
 
 INLINE double exp_f64(double x) {
-    double t, n, r, p;
-    EXP_F64_STEPS(ONCE, x, t, n, r, p, CLAMP_F64, POW2_F64);
+    double t, n, r, r2, q;
+    EXP_F64_STEPS(ONCE, x, t, n, r, r2, q, CLAMP_F64, POW2_F64);
     return x;
 }
 
@@ -193,6 +192,7 @@ typedef struct {
     Py_ssize_t (*prob_f32)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const int64_t *, ProbOut);
     Py_ssize_t (*prob_f64)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t, const int64_t *, ProbOut);
     void (*exp_f32)(const float *, float *, Py_ssize_t);
+    void (*exp_f64)(const double *, double *, Py_ssize_t);
 } Isa;
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
@@ -397,7 +397,7 @@ static int supported_base(void) { return 1; }
 
 #define ISA_ENTRY(NAME, S)                                                                 \
     {NAME, supported_##S, logit_rows_f32_##S, logit_rows_f64_##S, prob_rows_f32_##S,       \
-     prob_rows_f64_##S, exp_buffer_f32_##S}
+     prob_rows_f64_##S, exp_buffer_f32_##S, exp_buffer_f64_##S}
 static const Isa isas[] = {
 #if X86_LEVELS
     ISA_ENTRY("x86-64-v4", v4),
@@ -463,16 +463,32 @@ static PyObject *py_prob_rows(PyObject *self, PyObject *args) {
     return call_rows(args, "prob_rows", prob_rows);
 }
 
+/* exp over a buffer (tests): mode 0 the scalar exp, 1 the vector exp of the row kernels in
+ * the current instruction set */
 static PyObject *py_exp_f32(PyObject *self, PyObject *args) {
     Py_ssize_t xp, op, n;
     int mode = 0;
     if (!PyArg_ParseTuple(args, "nnn|i", &xp, &op, &n, &mode)) return NULL;
     const float *x = (const float *)xp;
     float *out = (float *)op;
-    if (mode == 1) { /* the vector exp of the row kernels, in the current instruction set */
+    if (mode == 1) {
         isa->exp_f32(x, out, n);
     } else {
         for (Py_ssize_t i = 0; i < n; i++) out[i] = exp_f32(x[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_exp_f64(PyObject *self, PyObject *args) {
+    Py_ssize_t xp, op, n;
+    int mode = 0;
+    if (!PyArg_ParseTuple(args, "nnn|i", &xp, &op, &n, &mode)) return NULL;
+    const double *x = (const double *)xp;
+    double *out = (double *)op;
+    if (mode == 1) {
+        isa->exp_f64(x, out, n);
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) out[i] = exp_f64(x[i]);
     }
     Py_RETURN_NONE;
 }
@@ -516,6 +532,8 @@ static PyMethodDef methods[] = {
      "number of rows with NaN."},
     {"exp_f32", py_exp_f32, METH_VARARGS,
      "The float32 exp of logit_rows over a buffer (tests): mode 0 scalar, 1 vector."},
+    {"exp_f64", py_exp_f64, METH_VARARGS,
+     "The float64 exp of logit_rows over a buffer (tests): mode 0 scalar, 1 vector."},
     {"isa", py_isa, METH_VARARGS,
      "isa([name]) -> (current, supported): the instruction set of the kernels; a name "
      "switches to it."},

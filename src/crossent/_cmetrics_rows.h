@@ -133,8 +133,8 @@ INLINE void VEXPN(VT *x, int U) {
 #define VPOW2(t) ((VT)((VU)(t) << 52))
 INLINE void VEXPN(VT *x, int U) {
     const VT lo = (VT){0} + EXP_F64_LO;
-    VT t[EXP_UMAX], n[EXP_UMAX], r[EXP_UMAX], p[EXP_UMAX];
-    EXP_F64_STEPS(EACH_U, x[u], t[u], n[u], r[u], p[u], VCLAMP, VPOW2);
+    VT t[EXP_UMAX], n[EXP_UMAX], r[EXP_UMAX], r2[EXP_UMAX], q[EXP_UMAX];
+    EXP_F64_STEPS(EACH_U, x[u], t[u], n[u], r[u], r2[u], q[u], VCLAMP, VPOW2);
 }
 #define SEXP_ exp_f64
 #endif
@@ -455,9 +455,9 @@ ISA_ATTR static Py_ssize_t PROB_ROWS(const T *x, Py_ssize_t n_rows, Py_ssize_t C
     return irregular;
 }
 
-#if IS_F32
-/* the vector exp over a buffer (tests: the same bits as exp_f32 and NumPy) */
-ISA_ATTR static void EXP_BUFFER(const float *x, float *out, Py_ssize_t n) {
+/* the vector exp over a buffer (tests: the same bits as the scalar exp, and for float32 as
+ * NumPy's replica) */
+ISA_ATTR static void EXP_BUFFER(const T *x, T *out, Py_ssize_t n) {
     Py_ssize_t i = 0;
     for (; i + 2 * VL <= n; i += 2 * VL) {
         VT e[2] = {VLOAD(x + i), VLOAD(x + i + VL)};
@@ -466,14 +466,13 @@ ISA_ATTR static void EXP_BUFFER(const float *x, float *out, Py_ssize_t n) {
     }
     for (; i < n; i += VL) {
         const Py_ssize_t k = n - i < VL ? n - i : VL;
-        float t[VL];
+        T t[VL];
         VT v = k == VL ? VLOAD(x + i) : VLOAD_PART(x + i, k);
         VEXPN(&v, 1);
         memcpy(t, &v, sizeof t);
-        memcpy(out + i, t, (size_t)k * sizeof(float));
+        memcpy(out + i, t, (size_t)k * sizeof(T));
     }
 }
-#endif
 
 #undef CAT2
 #undef CAT
