@@ -10,7 +10,7 @@
  *   VL, IOTA      lanes per vector, (VI){0, 1, ..., VL - 1}
  *   PASS2_U       blocks per step of the exp pass
  *   MASKLOAD(p, n)  optional: the first n < VL elements at p, zeros after, by a masked load
- * and undefines them (but ISA_ATTR and PASS2_U) at its end.
+ * and undefines them (but ISA_ATTR and PASS2_U) at its end, MASKLOAD included.
  *
  * A row is processed in blocks of VL elements: `full` elements in whole blocks, then, when
  * C is not a multiple of VL, one more block, the row's last VL elements (C >= VL: it
@@ -120,25 +120,27 @@ HREDUCE(HSUMI, IT, VI, ADD)
 HREDUCE(HSUMD, double, VD, ADD)
 
 #if IS_F32
-#define VCLAMP(x) SEL(VI, (x) < lo, lo, x)
-#define VPOW2(t) ((VT)((VU)(t) << 23))
-INLINE void VEXPN(VT *x, int U) {
-    const VT lo = (VT){0} + EXP_F32_LO;
-    VT t[EXP_UMAX], n[EXP_UMAX], r[EXP_UMAX], r2[EXP_UMAX], q[EXP_UMAX];
-    EXP_F32_STEPS(EACH_U, x[u], t[u], n[u], r[u], r2[u], q[u], VCLAMP, VPOW2);
-}
+#define EXP_STEPS_ EXP_F32_STEPS
+#define EXP_LO_ EXP_F32_LO
+#define EXPONENT_SHIFT_ 23
 #define SEXP_ exp_f32
 #else
-#define VCLAMP(x) SEL(VI, (x) < lo, lo, x)
-#define VPOW2(t) ((VT)((VU)(t) << 52))
-INLINE void VEXPN(VT *x, int U) {
-    const VT lo = (VT){0} + EXP_F64_LO;
-    VT t[EXP_UMAX], n[EXP_UMAX], r[EXP_UMAX], r2[EXP_UMAX], q[EXP_UMAX];
-    EXP_F64_STEPS(EACH_U, x[u], t[u], n[u], r[u], r2[u], q[u], VCLAMP, VPOW2);
-}
+#define EXP_STEPS_ EXP_F64_STEPS
+#define EXP_LO_ EXP_F64_LO
+#define EXPONENT_SHIFT_ 52
 #define SEXP_ exp_f64
 #endif
+#define VCLAMP(x) SEL(VI, (x) < lo, lo, x)
+#define VPOW2(t) ((VT)((VU)(t) << EXPONENT_SHIFT_))
+INLINE void VEXPN(VT *x, int U) {
+    const VT lo = (VT){0} + EXP_LO_;
+    VT t[EXP_UMAX], n[EXP_UMAX], r[EXP_UMAX], r2[EXP_UMAX], q[EXP_UMAX];
+    EXP_STEPS_(EACH_U, x[u], t[u], n[u], r[u], r2[u], q[u], VCLAMP, VPOW2);
+}
 #undef VCLAMP
+#undef EXP_STEPS_
+#undef EXP_LO_
+#undef EXPONENT_SHIFT_
 #undef VPOW2
 
 /* The lanes as NACC vectors of doubles (exact). A loop, which the SLP vectoriser makes
