@@ -119,33 +119,43 @@ except ImportError:  # pragma: no cover - built without a C compiler
 def _exp_f32(x: np.ndarray) -> np.ndarray:
     """``exp`` of float32 values <= 0, operation by operation as ``_cmetrics.c``'s
     ``exp_f32`` (so that the C and NumPy paths give the same bits): Cody-Waite reduction,
-    degree-7 Taylor polynomial, the scale 2^n taken from the bits of ``t``."""
+    ``1 + (r + r^2 Q(r))`` with Q of degree 4, the scale 2^n taken from the bits of ``t``;
+    x is clamped at -104, where the result is already 0."""
     f = np.float32
     x = np.asarray(x, dtype=np.float32)
     lo = f(-104.0)
     magic = f(12583103.0)  # 1.5 * 2^23 + 191
     with np.errstate(all="ignore"):
         xc = np.where(x < lo, lo, x)
-        t = xc * f(float.fromhex("0x1.715476p+0")) + magic
+        t = xc * _EXP_F32_LOG2E + magic
         n = t - magic
-        r = xc - n * f(float.fromhex("0x1.62e4p-1"))
-        r = r - n * f(float.fromhex("0x1.7f7d1cp-20"))
-        p = np.full_like(r, f(float.fromhex("0x1.a01a02p-13")))
-        for c in _EXP_F32_COEFS:
-            p = p * r + c
+        r = (xc - n * _EXP_F32_LN2[0]) - n * _EXP_F32_LN2[1]
+        q = _EXP_F32_Q[0] * r + _EXP_F32_Q[1]
+        for c in _EXP_F32_Q[2:]:
+            q = q * r + c
+        p = (r + (r * r) * q) + f(1.0)
         scale = (t.view(np.uint32) << np.uint32(23)).view(np.float32)
-        res = p * scale * f(2.0 ** -64)
-        return np.where(x < lo, f(0.0), res)
+        return p * scale * f(2.0 ** -64)
 
 
-_EXP_F32_COEFS = tuple(np.float32(float.fromhex(h)) for h in (
-    "0x1.6c16c2p-10", "0x1.111112p-7", "0x1.555556p-5", "0x1.555556p-3", "0x1p-1", "0x1p+0",
-    "0x1p+0"))
+def _f32(*hexes: str) -> tuple[np.float32, ...]:
+    return tuple(np.float32(float.fromhex(h)) for h in hexes)
+
+
+_EXP_F32_LOG2E = _f32("0x1.715476p+0")[0]
+_EXP_F32_LN2 = _f32("0x1.62e4p-1", "0x1.7f7d1cp-20")  # ln2 = hi + lo, n * hi exact
+_EXP_F32_Q = _f32("0x1.6a243ep-10", "0x1.1239d6p-7", "0x1.5558f2p-5", "0x1.555492p-3",
+                  "0x1.fffffcp-2")
+
+
+_MAX_KERNEL_COLUMNS = 2**31 - 65  # _cmetrics.c: MAX_COLUMNS
 
 
 def _rows_ok(x: np.ndarray) -> bool:
-    """Rows of contiguous float32/float64 elements (what the kernels read)."""
+    """Rows of contiguous float32/float64 elements (what the kernels read), 1 to 2^31 - 65
+    of them (the kernels' column indices are int32 lanes)."""
     return (x.ndim == 2 and x.dtype in (np.float32, np.float64) and x.dtype.isnative
+            and 1 <= x.shape[1] <= _MAX_KERNEL_COLUMNS
             and x.strides[1] == x.itemsize and x.strides[0] % x.itemsize == 0
             and x.strides[0] >= 0)
 
