@@ -19,6 +19,46 @@ from crossent import _kernels
 pytestmark = pytest.mark.skipif(not _kernels.available(), reason="C kernels not built")
 
 
+def _kernel_modules() -> list:
+    """The kernel modules this processor runs: the baseline (16-byte vectors) and those
+    built for its x86-64 levels (AVX2: 32 bytes, AVX-512: 64)."""
+    import importlib
+
+    try:
+        base = importlib.import_module("crossent._ckernels")
+    except ImportError:
+        return [None]
+    names = {"x86-64-v4": ["_ckernels_v3", "_ckernels_v4"],
+             "x86-64-v3": ["_ckernels_v3"]}.get(base.cpu(), [])
+    mods = [base]
+    for name in names:
+        with contextlib.suppress(ImportError):
+            mods.append(importlib.import_module(f"crossent.{name}"))
+    return mods
+
+
+KERNEL_MODULES = _kernel_modules()
+
+
+@pytest.fixture(autouse=True, params=KERNEL_MODULES,
+                ids=[m.__name__.rsplit(".", 1)[-1] if m else "none" for m in KERNEL_MODULES])
+def kernel_module(request, monkeypatch):
+    """Every test here runs in each instruction set's module the processor supports."""
+    if request.param is not None:
+        monkeypatch.setattr(_kernels, "_ckernels", request.param)
+    return request.param
+
+
+def test_the_best_module_is_loaded(kernel_module, monkeypatch):
+    best = _kernels._load_kernels()
+    assert best.__name__ == KERNEL_MODULES[-1].__name__
+    for cap, name in [("v3", "_ckernels_v3"), ("base", "_ckernels")]:
+        monkeypatch.setenv("CROSSENT_KERNELS_ISA", cap)
+        expect = name if any(m.__name__.endswith(name) for m in KERNEL_MODULES) else "_ckernels"
+        assert _kernels._load_kernels().__name__.endswith(expect)
+    assert "-byte vectors" in kernel_module.isa()
+
+
 @contextlib.contextmanager
 def reference_only(monkeypatch):
     with monkeypatch.context() as m:

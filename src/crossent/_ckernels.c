@@ -30,12 +30,10 @@
 enum { DT_F32 = 0, DT_F64 = 1, DT_BF16 = 2, DT_F16 = 3 };
 
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(_M_X64)) && \
-    !defined(CROSSENT_NO_MULTIVERSION)
-#define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
+/* The kernels' entry points. No target_clones: the instruction set (and with it the vector
+ * width, CROSSENT_VBYTES) is chosen per module at build time (setup.py) and the module at
+ * import (crossent._kernels). */
 #define MULTIVERSION
-#endif
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -345,17 +343,45 @@ INLINE uint16_t f32_to_f16(float f) { f16_t v = (f16_t)f; uint16_t h; memcpy(&h,
  * instructions in the row kernel, and ~2x the time of these loops). */
 #if defined(__GNUC__)
 #define HAVE_VEC 1
-typedef float vf32 __attribute__((vector_size(64)));
-typedef int32_t vi32 __attribute__((vector_size(64)));
-typedef double vf64 __attribute__((vector_size(64)));
-typedef int64_t vi64 __attribute__((vector_size(64)));
-typedef float vf32h __attribute__((vector_size(32)));
-typedef int64_t vi64h __attribute__((vector_size(32)));
-typedef int64_t vi64q __attribute__((vector_size(16)));
+/* The vector width: the register width of the instruction set the module is compiled for
+ * (setup.py builds one module per x86-64 level: 64 bytes for AVX-512, 32 for AVX2, 16
+ * for the baseline and for NEON). GCC 12 computes comparisons and selects of vectors wider
+ * than the target's registers lane by lane: one 64-byte source multiversioned for AVX2 ran
+ * 10x slower than for AVX-512. */
+#ifndef CROSSENT_VBYTES
+#define CROSSENT_VBYTES 64
+#endif
+#define VB CROSSENT_VBYTES
+#define L32 (VB / 4) /* float lanes */
+#define L64 (VB / 8) /* double lanes */
+typedef float vf32 __attribute__((vector_size(VB)));
+typedef int32_t vi32 __attribute__((vector_size(VB)));
+typedef double vf64 __attribute__((vector_size(VB)));
+typedef int64_t vi64 __attribute__((vector_size(VB)));
+typedef float vf32h __attribute__((vector_size(VB / 2)));
 
 /* a ? x : y, lane by lane (C has no ?: on vectors); the compiler emits a blend */
 INLINE vf32 sel_f32(vi32 a, vf32 x, vf32 y) { return (vf32)((a & (vi32)x) | (~a & (vi32)y)); }
 INLINE vf64 sel_f64(vi64 a, vf64 x, vf64 y) { return (vf64)((a & (vi64)x) | (~a & (vi64)y)); }
+
+/* 2^(j/16) for j = i mod 16, lane by lane: one permute of a register holding the table
+ * (16 lanes), two of two halves (8 lanes), loads elsewhere */
+INLINE vf32 table16_f32(vi32 i) {
+#if L32 == 16 && !defined(__clang__)
+    const vf32 table = EXP2_16THS_F32;
+    return __builtin_shuffle(table, i); /* the index is taken modulo 16 */
+#elif L32 == 8 && !defined(__clang__)
+    const vf32 lo = {0x1p+0f, 0x1.0b5586p+0f, 0x1.172b84p+0f, 0x1.2387a6p+0f, 0x1.306fe0p+0f,
+                     0x1.3dea64p+0f, 0x1.4bfdaep+0f, 0x1.5ab07ep+0f};
+    const vf32 hi = {0x1.6a09e6p+0f, 0x1.7a1148p+0f, 0x1.8ace54p+0f, 0x1.9c4918p+0f,
+                     0x1.ae89fap+0f, 0x1.c199bep+0f, 0x1.d5818ep+0f, 0x1.ea4afap+0f};
+    return __builtin_shuffle(lo, hi, i); /* two inputs: the index is taken modulo 16 */
+#else
+    vf32 r;
+    for (int j = 0; j < L32; j++) r[j] = exp2_16ths_f32[i[j] & 15];
+    return r;
+#endif
+}
 
 /* exp(s) for s <= 0 (and NaN, and -inf): the same bits as exp_f32 for s >= -87 (every
  * result normal), 0 for s <= -88.03, -inf included. Between -88.03 and -87 a result
@@ -366,7 +392,7 @@ INLINE vf32 vexp_neg_f32(vf32 s) {
     /* s is clamped (a select used only as a select: GCC 12 computed a select whose mask
        it could merge with another one lane by lane) at -2032 ln2/16, where the table
        index is 0 and k = -127: T 2^k is then exactly 0 as bits, 0x3f800000 - (127 << 23) */
-    const vf32 lo = (vf32){0} - 0x1.601e68p+6f, table = EXP2_16THS_F32;
+    const vf32 lo = (vf32){0} - 0x1.601e68p+6f;
     s = sel_f32(s < lo, lo, s); /* NaN compares false and stays NaN */
     const float magic = 12582912.0f;
     vf32 t = s * LOG2E16_F32 + magic;
@@ -374,17 +400,24 @@ INLINE vf32 vexp_neg_f32(vf32 s) {
     vf32 r = EXP_REDUCE16_F32(s, n);
     vf32 q = EXPM1_POLY16_F32(r);
     vi32 ti = (vi32)t; /* t's low bits hold n = 16 k + j */
-    vf32 tj = __builtin_shuffle(table, ti); /* the index is taken modulo 16: j */
+    vf32 tj = table16_f32(ti);
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
     /* T 2^k by adding k to T's exponent: (ti << 19) keeps n's bits from bit 19 up, the
-       mask drops j's; exact while k >= -126 (s > -87.34) */
+       mask drops j's; exact while k >= -126 (s > -87.34). T 2^k (1 + q) is then one
+       fused multiply-add, rounded once as exp_f32's T (1 + q) is. */
     vf32 ts = (vf32)((vi32)tj + ((ti << 19) & (int32_t)0xff800000));
     return ts * q + ts;
+#else
+    /* without a fused multiply-add, T 2^k q would round in the subnormal range where
+       exp_f32's T q does not: scale after, by 2^k built in one step (0 for k = -127) */
+    return (tj * q + tj) * (vf32)(((ti >> 4) + 127) << 23);
+#endif
 }
 
 /* exp_f32, expm1_f32 and tanh_f32 lane by lane, with their bits (see EXP_F32_BODY) */
 #define AS_F_V32(i) ((vf32)(i))
 #define AS_I_V32(f) ((vi32)(f))
-#define TABLE_V32(ni) __builtin_shuffle((vf32)EXP2_16THS_F32, ni) /* index modulo 16 */
+#define TABLE_V32(ni) table16_f32(ni)
 INLINE vf32 vexp_f32(vf32 x) { EXP_F32_BODY(vf32, vi32, sel_f32, AS_F_V32, AS_I_V32, TABLE_V32) }
 INLINE vf32 vexpm1_f32(vf32 x) { EXPM1_F32_BODY(vf32, vi32, sel_f32, AS_F_V32, AS_I_V32, vexp_f32) }
 INLINE vf32 vtanh_f32(vf32 u) { TANH_F32_BODY(vf32, sel_f32, vexp_f32, vexpm1_f32) }
@@ -402,39 +435,44 @@ INLINE vf64 vexp_neg_f64(vf64 s) {
     return p * (vf64)scale;
 }
 
-/* horizontal reductions: a tree of shuffles, log2(lanes) steps (no NaN reaches them) */
-#define HALF16(v) __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)
-#define QUART16(v) __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11)
-#define PAIR16(v) __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13)
-#define ONE16(v) __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14)
-#define HALF8(v) __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3)
-#define PAIR8(v) __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5)
-#define ONE8(v) __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6)
+/* horizontal reductions: a tree of halvings, log2(lanes) steps (no NaN reaches them).
+ * Each step adds (or takes the max of) the upper half onto the lower through memory-free
+ * half-width views. */
 #define VMAX(SEL, a, b) SEL((a) > (b), (a), (b))
 #define VMIN(SEL, a, b) SEL((a) < (b), (a), (b))
+#define MAX_S(a, b) ((a) > (b) ? (a) : (b))
+#define MIN_S(a, b) ((a) < (b) ? (a) : (b))
+#define ADD(a, b) ((a) + (b))
 #define MAX_F32(a, b) VMAX(sel_f32, a, b)
 #define MIN_F32(a, b) VMIN(sel_f32, a, b)
 #define MAX_F64(a, b) VMAX(sel_f64, a, b)
 #define MIN_F64(a, b) VMIN(sel_f64, a, b)
-#define ADD(a, b) ((a) + (b))
-/* fold v onto itself with OP: every lane ends up holding the result */
-#define TREE16(OP, v) (v = OP(v, HALF16(v)), v = OP(v, QUART16(v)), v = OP(v, PAIR16(v)), \
-                       v = OP(v, ONE16(v)), v[0])
-#define TREE8(OP, v) (v = OP(v, HALF8(v)), v = OP(v, PAIR8(v)), v = OP(v, ONE8(v)), v[0])
-INLINE float hmax_f32(vf32 v) { return TREE16(MAX_F32, v); }
-INLINE float hmin_f32(vf32 v) { return TREE16(MIN_F32, v); }
-INLINE float hsum_f32(vf32 v) { return TREE16(ADD, v); }
-INLINE double hmax_f64(vf64 v) { return TREE8(MAX_F64, v); }
-INLINE double hmin_f64(vf64 v) { return TREE8(MIN_F64, v); }
-INLINE double hsum_f64(vf64 v) { return TREE8(ADD, v); }
-/* whether any lane of a comparison is true: ORs of halves, narrowing to one scalar */
+/* fold the lanes of v (an array of n, a power of two) with OP: halves, then pairs... */
+#define HFOLD(T, n, v, OP)                                                                 \
+    T t_[n];                                                                              \
+    memcpy(t_, &(v), sizeof t_);                                                          \
+    for (int w_ = (n) / 2; w_ >= 1; w_ /= 2)                                              \
+        for (int j_ = 0; j_ < w_; j_++) t_[j_] = OP(t_[j_], t_[j_ + w_]);                 \
+    return t_[0];
+INLINE float hmax_f32(vf32 v) { HFOLD(float, L32, v, MAX_S) }
+INLINE float hmin_f32(vf32 v) { HFOLD(float, L32, v, MIN_S) }
+INLINE float hsum_f32(vf32 v) { HFOLD(float, L32, v, ADD) }
+INLINE double hmax_f64(vf64 v) { HFOLD(double, L64, v, MAX_S) }
+INLINE double hmin_f64(vf64 v) { HFOLD(double, L64, v, MIN_S) }
+INLINE double hsum_f64(vf64 v) { HFOLD(double, L64, v, ADD) }
+/* whether any lane of a comparison is true */
 INLINE int any_i64(vi64 x) {
-    vi64h a = __builtin_shufflevector(x, x, 0, 1, 2, 3) | __builtin_shufflevector(x, x, 4, 5, 6, 7);
-    vi64q b = __builtin_shufflevector(a, a, 0, 1) | __builtin_shufflevector(a, a, 2, 3);
-    return (b[0] | b[1]) != 0;
+    int64_t t[L64], r = 0;
+    memcpy(t, &x, sizeof t);
+    for (int j = 0; j < L64; j++) r |= t[j];
+    return r != 0;
 }
 INLINE int any_i32(vi32 m) { return any_i64((vi64)m); }
+/* 0, 1, 2, ... lane by lane (constant-folded) */
+INLINE vi32 iota_i32(void) { vi32 v; for (int j = 0; j < L32; j++) v[j] = j; return v; }
+INLINE vi64 iota_i64(void) { vi64 v; for (int j = 0; j < L64; j++) v[j] = j; return v; }
 
+#if L32 == 16
 /* a 16 x 16 transpose in registers: four rounds of two-input shuffles, each swapping
  * the off-diagonal blocks of size 8, 4, 2, 1 (a[i][j] <-> a[j][i]) */
 INLINE void transpose16_f32(vf32 a[16]) {
@@ -464,11 +502,13 @@ INLINE void transpose16_f32(vf32 a[16]) {
         }
 }
 
-/* block sums are added in double: the float32 lanes sum at most SUM_BLOCK / 16 terms */
+#endif
+
+/* block sums are added in double: the float32 lanes sum at most SUM_BLOCK / L32 terms */
 INLINE void widen_add_f32(vf64 acc[2], vf32 v) {
     vf32h lo, hi;
-    memcpy(&lo, &v, 32);
-    memcpy(&hi, (const char *)&v + 32, 32);
+    memcpy(&lo, &v, VB / 2);
+    memcpy(&hi, (const char *)&v + VB / 2, VB / 2);
     acc[0] += __builtin_convertvector(lo, vf64);
     acc[1] += __builtin_convertvector(hi, vf64);
 }
@@ -622,11 +662,11 @@ INLINE double sum_value(const Sum *a) {
 #if !HAVE_VEC
 #error "the row kernels need GCC or Clang vector extensions (the install then uses the reference)"
 #endif
-DEFINE_VLOAD(vload_f32, vf32, float, 16, LOAD_F32)
-DEFINE_VLOAD(vload_bf16, vf32, float, 16, LOAD_BF16)
-DEFINE_VLOAD(vload_f64, vf64, double, 8, LOAD_F64)
+DEFINE_VLOAD(vload_f32, vf32, float, L32, LOAD_F32)
+DEFINE_VLOAD(vload_bf16, vf32, float, L32, LOAD_BF16)
+DEFINE_VLOAD(vload_f64, vf64, double, L64, LOAD_F64)
 #if HAVE_F16
-DEFINE_VLOAD(vload_f16, vf32, float, 16, LOAD_F16)
+DEFINE_VLOAD(vload_f16, vf32, float, L32, LOAD_F16)
 #endif
 
 /* a block may use the fast exp when its least finite s = z - m is at least this */
@@ -636,8 +676,8 @@ DEFINE_VLOAD(vload_f16, vf32, float, 16, LOAD_F16)
 #define T float
 #define VT vf32
 #define VI vi32
-#define VL 16
-#define VIOTA ((vi32){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
+#define VL L32
+#define VIOTA iota_i32()
 #define SEL sel_f32
 #define ANY any_i32
 #define VLOADT vload_f32
@@ -726,8 +766,8 @@ DEFINE_VLOAD(vload_f16, vf32, float, 16, LOAD_F16)
 #define T double
 #define VT vf64
 #define VI vi64
-#define VL 8
-#define VIOTA ((vi64){0, 1, 2, 3, 4, 5, 6, 7})
+#define VL L64
+#define VIOTA iota_i64()
 #define SEL sel_f64
 #define ANY any_i64
 #define VLOADT vload_f64
@@ -982,11 +1022,11 @@ ELEMENTWISE(log1p_buf_f64, double, log1p_f64)
             memcpy(out + i, &v, (size_t)k * sizeof(T));                                  \
         }                                                                                \
     }
-VEC_ELEMENTWISE(exp_neg_buf_f32, float, vf32, 16, vexp_neg_f32)
-VEC_ELEMENTWISE(exp_neg_buf_f64, double, vf64, 8, vexp_neg_f64)
-VEC_ELEMENTWISE(vexp_buf_f32, float, vf32, 16, vexp_f32)
-VEC_ELEMENTWISE(vexpm1_buf_f32, float, vf32, 16, vexpm1_f32)
-VEC_ELEMENTWISE(vtanh_buf_f32, float, vf32, 16, vtanh_f32)
+VEC_ELEMENTWISE(exp_neg_buf_f32, float, vf32, L32, vexp_neg_f32)
+VEC_ELEMENTWISE(exp_neg_buf_f64, double, vf64, L64, vexp_neg_f64)
+VEC_ELEMENTWISE(vexp_buf_f32, float, vf32, L32, vexp_f32)
+VEC_ELEMENTWISE(vexpm1_buf_f32, float, vf32, L32, vexpm1_f32)
+VEC_ELEMENTWISE(vtanh_buf_f32, float, vf32, L32, vtanh_f32)
 
 static PyObject *py_elementwise(PyObject *self, PyObject *args) {
     const char *name;
@@ -1015,17 +1055,42 @@ static PyObject *py_elementwise(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_isa(PyObject *self, PyObject *noargs) {
+/* cpu(): the best x86-64 level this processor runs ("x86-64-v4", "x86-64-v3", or "" when
+ * neither or not x86-64): crossent._kernels imports the module built for it */
+static PyObject *py_cpu(PyObject *self, PyObject *noargs) {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return PyUnicode_FromString("x86-64-v4 (AVX-512)");
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return PyUnicode_FromString("x86-64-v3 (AVX2+FMA)");
-    return PyUnicode_FromString("x86-64 (SSE2)");
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("bmi2"))
+        return PyUnicode_FromString("x86-64-v4");
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("bmi2"))
+        return PyUnicode_FromString("x86-64-v3");
+#endif
+    return PyUnicode_FromString("");
+}
+
+/* isa(): what this module's kernels were compiled for */
+static PyObject *py_isa(PyObject *self, PyObject *noargs) {
+#if defined(CROSSENT_ISA_NAME)
+    const char *name = CROSSENT_ISA_NAME;
+#elif defined(__AVX512F__)
+    const char *name = "x86-64-v4 (AVX-512)";
+#elif defined(__AVX2__)
+    const char *name = "x86-64-v3 (AVX2+FMA)";
+#elif defined(__x86_64__) || defined(_M_X64)
+    const char *name = "x86-64 (SSE2)";
 #elif defined(__aarch64__)
-    return PyUnicode_FromString("aarch64 (NEON)");
+    const char *name = "aarch64 (NEON)";
 #else
-    return PyUnicode_FromString("generic");
+    const char *name = "generic";
+#endif
+#if HAVE_VEC
+    return PyUnicode_FromFormat("%s, %d-byte vectors", name, (int)VB);
+#else
+    return PyUnicode_FromString(name);
 #endif
 }
 
@@ -1035,13 +1100,22 @@ static PyMethodDef methods[] = {
     {"nll_rows", py_nll_rows, METH_VARARGS,
      "cross_entropy / nll_loss over whole rows; returns the first row with a bad value or -1."},
     {"elementwise", py_elementwise, METH_VARARGS, "The kernels' exp/expm1/tanh over a buffer."},
-    {"isa", py_isa, METH_NOARGS, "The instruction set the multi-versioned kernels use."},
+    {"isa", py_isa, METH_NOARGS, "The instruction set this module's kernels were built for."},
+    {"cpu", py_cpu, METH_NOARGS, "The best x86-64 level of this processor (or '')."},
     {NULL, NULL, 0, NULL}};
 
-static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_ckernels",
+/* one source, several modules: _ckernels (any CPU), _ckernels_v3, _ckernels_v4 (setup.py) */
+#ifndef CROSSENT_MODULE
+#define CROSSENT_MODULE _ckernels
+#endif
+#define STR2(x) #x
+#define STR(x) STR2(x)
+#define INIT2(m) PyInit_##m
+#define INIT(m) INIT2(m)
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, STR(CROSSENT_MODULE),
                                        "crossent's fused CPU kernels.", -1, methods};
 
-PyMODINIT_FUNC PyInit__ckernels(void) {
+PyMODINIT_FUNC INIT(CROSSENT_MODULE)(void) {
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL) return NULL;
     PyModule_AddIntConstant(m, "HAVE_F16", HAVE_F16);

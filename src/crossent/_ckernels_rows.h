@@ -724,36 +724,30 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         for (int b = 0; b < TILE; b++) m[b] = (isfinite(m[b]) && !any_nan[b]) ? m[b] : 0;
         if (lse_in)
             for (int b = 0; b < nb; b++) m[b] = lse_in[r + b];
-#if VL == TILE
-        { /* fast: every s = z - m is 0, -inf or above FAST_EXP_MIN, where the fast exp is exact */
-            VT vm, vr = {0}, vt = {0};
+        { /* fast: every s = z - m is 0, -inf or above FAST_EXP_MIN, where the fast exp is
+             exact. TILE / VL vectors per column (one with AVX-512 float32). */
+            enum { NV = TILE / VL };
+            VT vm[NV], vr[NV], vt[NV];
             const VT zero = {0}, one = (VT){0} + 1;
-            memcpy(&vm, m, sizeof vm);
+            for (int k = 0; k < NV; k++) {
+                memcpy(&vm[k], m + k * VL, sizeof(VT));
+                vr[k] = vt[k] = zero;
+            }
             for (Py_ssize_t c = 0; c < C; c++) {
-                VT z;
-                memcpy(&z, zbuf + c * TILE, sizeof z);
-                VT s = z - vm;
-                VT e = fast ? VEXPNEG(s) : VEXP_ANY(s);
-                memcpy(ebuf + c * TILE, &e, sizeof e);
-                VI is_top = s == zero;
-                vr += SEL(is_top, zero, e);
-                vt += SEL(is_top, one, zero);
+                for (int k = 0; k < NV; k++) {
+                    VT z;
+                    memcpy(&z, zbuf + c * TILE + k * VL, sizeof z);
+                    VT s = z - vm[k];
+                    VT e = fast ? VEXPNEG(s) : VEXP_ANY(s);
+                    memcpy(ebuf + c * TILE + k * VL, &e, sizeof e);
+                    VI is_top = s == zero;
+                    vr[k] += SEL(is_top, zero, e);
+                    vt[k] += SEL(is_top, one, zero);
+                }
             }
-            memcpy(rest, &vr, sizeof vr);
-            memcpy(top, &vt, sizeof vt);
+            memcpy(rest, vr, sizeof vr);
+            memcpy(top, vt, sizeof vt);
         }
-#else
-        for (Py_ssize_t c = 0; c < C; c++) {
-#pragma omp simd
-            for (int b = 0; b < TILE; b++) {
-                T s = zbuf[c * TILE + b] - m[b];
-                T e = EXP(s);
-                ebuf[c * TILE + b] = e;
-                rest[b] += s == 0 ? 0 : e;
-                top[b] += s == 0 ? 1 : 0;
-            }
-        }
-#endif
         int64_t yi[TILE];
         for (int b = 0; b < TILE; b++) yi[b] = (soft || b >= nb) ? 0 : pb->y[r + b];
         if (soft || eps > 0) {
@@ -824,8 +818,15 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         TILE_GRAD(pb, r, nb, C, zbuf, ebuf, m, lse_s, coef, gr, z_y, w_y, yi, ign);
 #else
         T pc[TILE];
-#pragma omp simd
-        for (int b = 0; b < TILE; b++) pc[b] = EXP(-lse_s[b]) * coef[b] * gr[b];
+        for (int k = 0; k < TILE / VL; k++) { /* the vector exp: the scalar one's table lookup
+                                                  does not vectorise */
+            VT vl, vc, vg;
+            memcpy(&vl, lse_s + k * VL, sizeof vl);
+            memcpy(&vc, coef + k * VL, sizeof vc);
+            memcpy(&vg, gr + k * VL, sizeof vg);
+            vl = VEXP_ANY(-vl) * vc * vg;
+            memcpy(pc + k * VL, &vl, sizeof vl);
+        }
         for (Py_ssize_t c = 0; c < C; c++) {
             const T wc = w ? w[c] : 1;
             T qc[TILE];

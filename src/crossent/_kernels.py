@@ -18,10 +18,31 @@ import numpy as np
 
 from ._backend import zero_dim
 
-try:  # the extension is optional: an install without a compiler has none
-    from . import _ckernels
-except ImportError:  # pragma: no cover - exercised by the no-extension CI job
-    _ckernels = None
+
+def _load_kernels() -> Any:
+    """The kernels built for the best x86-64 level this processor runs (vectors as wide as
+    its registers: setup.py builds ``_ckernels_v4`` for AVX-512 and ``_ckernels_v3`` for
+    AVX2), else the baseline ``_ckernels``; None without a compiled extension (the
+    reference path then runs). ``CROSSENT_KERNELS_ISA=base|v3|v4`` caps the choice."""
+    import importlib
+
+    try:
+        base = importlib.import_module(f"{__package__}._ckernels")
+    except ImportError:  # pragma: no cover - exercised by the no-extension CI job
+        return None
+    cap = os.environ.get("CROSSENT_KERNELS_ISA", "v4")
+    levels = {"x86-64-v4": ["v4", "v3"], "x86-64-v3": ["v3"]}.get(base.cpu(), [])
+    allowed = {"v4": ["v4", "v3"], "v3": ["v3"]}.get(cap, [])
+    for level in levels:
+        if level in allowed:
+            try:
+                return importlib.import_module(f"{__package__}._ckernels_{level}")
+            except ImportError:  # that module was not built (its compiler flags failed)
+                continue
+    return base
+
+
+_ckernels = _load_kernels()
 
 __all__ = [
     "available",
