@@ -121,27 +121,20 @@ static const float exp2_16ths_f32[16] = EXP2_16THS_F32;
  * exact for |n| <= 24) that no cancellation amplifies exp's error, as exp(x) - 1 would
  * (3 ulp near x = 0.37). Nested selects, not a conjunction of masks: GCC 12 computes a
  * vector select on combined masks lane by lane. */
+/* (expm1(v) - v) / v^2 by its Taylor series to v^8 / 8!, Horner's scheme */
+#define EXPM1_TAYLOR_F32(FT, v)                                                           \
+    ((((((((FT){0} + 2.4801587642e-5f) * (v) + 1.9841270114e-4f) * (v) + 1.3888889225e-3f) * \
+         (v) + 8.3333337680e-3f) * (v) + 4.1666667908e-2f) * (v) + 1.6666667163e-1f) *     \
+      (v) + 0.5f)
 #define EXPM1_F32_BODY(FT, IT, SEL, AS_F, AS_I, EXPF)                                     \
-    FT p = (FT){0} + 2.4801587642e-5f; /* 1/8! */                                        \
-    p = p * x + 1.9841270114e-4f;                                                         \
-    p = p * x + 1.3888889225e-3f;                                                         \
-    p = p * x + 8.3333337680e-3f;                                                         \
-    p = p * x + 4.1666667908e-2f;                                                         \
-    p = p * x + 1.6666667163e-1f;                                                         \
-    p = p * x + 0.5f;                                                                     \
+    FT p = EXPM1_TAYLOR_F32(FT, x);                                                       \
     FT small = x + x * x * p;                                                             \
     FT xc = SEL(x < -18.0f, (FT){0} - 18.0f, SEL(x > 20.0f, (FT){0} + 20.0f, x));        \
     FT t = xc * 1.44269504088896341f + 12582912.0f;                                       \
     FT n = t - 12582912.0f;                                                               \
     IT ni = AS_I(t) - 0x4b400000;                                                         \
     FT r = EXP_REDUCE_F32(xc, n);                                                         \
-    FT q = (FT){0} + 2.4801587642e-5f;                                                    \
-    q = q * r + 1.9841270114e-4f;                                                         \
-    q = q * r + 1.3888889225e-3f;                                                         \
-    q = q * r + 8.3333337680e-3f;                                                         \
-    q = q * r + 4.1666667908e-2f;                                                         \
-    q = q * r + 1.6666667163e-1f;                                                         \
-    q = q * r + 0.5f;                                                                     \
+    FT q = EXPM1_TAYLOR_F32(FT, r);                                                       \
     FT em = r + r * r * q;                                                                \
     FT two = AS_F((ni + 127) << 23);                                                      \
     FT mid = two * em + (two - 1.0f);                                                     \
