@@ -30,10 +30,9 @@
 enum { DT_F32 = 0, DT_F64 = 1, DT_BF16 = 2, DT_F16 = 3 };
 
 
-/* The kernels' entry points. No target_clones: the instruction set (and with it the vector
- * width, CROSSENT_VBYTES) is chosen per module at build time (setup.py) and the module at
- * import (crossent._kernels). */
-#define MULTIVERSION
+/* No target_clones: the instruction set (and with it the vector width, CROSSENT_VBYTES)
+ * is chosen per module at build time (setup.py) and the module at import
+ * (crossent._kernels). */
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -329,8 +328,7 @@ INLINE uint16_t f32_to_f16(float f) { f16_t v = (f16_t)f; uint16_t h; memcpy(&h,
 
 /* ------------------------------------------------------------ vector code
  * The hot loops (max and exp-sum along a row) are written with GCC/Clang generic vectors
- * of 64 bytes: one zmm register with AVX-512, two ymm with AVX2, four xmm/NEON elsewhere;
- * each target_clones variant lowers them to its own instructions. Written by hand rather
+ * one register wide (CROSSENT_VBYTES below). Written by hand rather
  * than left to the auto-vectoriser because the fast loop needs a masked tail, a block
  * structure and selects that GCC otherwise compiles to scalar code (it did: 1000+ scalar
  * instructions in the row kernel, and ~2x the time of these loops). */
@@ -990,7 +988,7 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
 /* The elementary functions over a buffer: exposed so that the tests can compare them with
  * libm over every float32 input of interest. */
 #define ELEMENTWISE(NAME, T, F)                                                          \
-    MULTIVERSION static void NAME(const T *x, T *out, Py_ssize_t n) {                    \
+    static void NAME(const T *x, T *out, Py_ssize_t n) {                    \
         for (Py_ssize_t i = 0; i < n; i++) out[i] = F(x[i]);                             \
     }
 ELEMENTWISE(exp_buf_f32, float, exp_f32)
@@ -1004,7 +1002,7 @@ ELEMENTWISE(log1p_buf_f64, double, log1p_f64)
 
 /* the vector exp of the row kernels' fast path, VL values at a time (tail padded) */
 #define VEC_ELEMENTWISE(NAME, T, VT, VL, F)                                              \
-    MULTIVERSION static void NAME(const T *x, T *out, Py_ssize_t n) {                    \
+    static void NAME(const T *x, T *out, Py_ssize_t n) {                    \
         for (Py_ssize_t i = 0; i < n; i += VL) {                                         \
             T t[VL] = {0};                                                               \
             Py_ssize_t k = n - i < VL ? n - i : VL;                                      \

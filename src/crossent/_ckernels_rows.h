@@ -375,7 +375,7 @@ INLINE int ROW_FINISH(const Problem *pb, Py_ssize_t r, const char *xrow, const T
     return 1;
 }
 
-MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
+static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                               T *restrict zbuf, T *restrict ebuf, VT *restrict stats) {
     const Py_ssize_t C = pb->n_cols;
     const T eps = (T)pb->label_smoothing;
@@ -426,7 +426,7 @@ MULTIVERSION static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
  * exp-sums and weighted sums, (3) the gradient. Between the phases the calling thread
  * combines the per-block partials in block order, exactly as ROWS does, so a row's
  * results are the same bits whichever way it was computed. */
-MULTIVERSION static void WIDE_PHASE(WideJob *j, int tid) {
+static void WIDE_PHASE(WideJob *j, int tid) {
     const Problem *pb = j->pb;
     const Py_ssize_t C = pb->n_cols, nb = (C + SUM_BLOCK - 1) / SUM_BLOCK, r = j->r;
     const Py_ssize_t k0 = nb * tid / j->nt, k1 = nb * (tid + 1) / j->nt;
@@ -467,7 +467,7 @@ MULTIVERSION static void WIDE_PHASE(WideJob *j, int tid) {
     }
 }
 
-MULTIVERSION static void WIDE_ROWS(WideJob *j) {
+static void WIDE_ROWS(WideJob *j) {
     const Problem *pb = j->pb;
     const Py_ssize_t C = pb->n_cols, nb = (C + SUM_BLOCK - 1) / SUM_BLOCK;
     const T *bw = (const T *)j->bw;
@@ -652,7 +652,7 @@ INLINE void TILE_GRAD(const Problem *pb, Py_ssize_t r, int nb, Py_ssize_t C,
 #endif
 
 /* TILE rows at once, one row per vector lane; zbuf and ebuf hold C * TILE values. */
-MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
+static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                                T *restrict zbuf, T *restrict ebuf, T *restrict unused) {
     (void)unused;
     const Py_ssize_t C = pb->n_cols;
@@ -870,7 +870,7 @@ MULTIVERSION static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
  * one pass per row that range-checks what it reads, takes the log (probabilities) and
  * accumulates sum_c a_c (-log p_c) with 0 * inf = 0. Rows with a value out of range are
  * reported through first_bad (the Python side then raises with the exact index). */
-MULTIVERSION static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t r1,
+static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t r1,
                                  Py_ssize_t *first_bad) {
     const Py_ssize_t C = pb->n_cols;
     const T eps = (T)pb->label_smoothing, lo = (T)pb->clip, hi = 1 - (T)pb->clip;
