@@ -57,6 +57,9 @@ def test_the_best_module_is_loaded(kernel_module, monkeypatch):
         expect = name if any(m.__name__.endswith(name) for m in KERNEL_MODULES) else "_ckernels"
         assert _kernels._load_kernels().__name__.endswith(expect)
     assert "-byte vectors" in kernel_module.isa()
+    monkeypatch.setenv("CROSSENT_KERNELS_ISA", "avx9")
+    with pytest.warns(RuntimeWarning, match=r"CROSSENT_KERNELS_ISA='avx9' is not one of 'v4', 'v3', 'base'"):
+        assert _kernels._load_kernels().__name__ == best.__name__
 
 
 @contextlib.contextmanager

@@ -30,7 +30,14 @@ def _load_kernels() -> Any:
         base = importlib.import_module(f"{__package__}._ckernels")
     except ImportError:  # pragma: no cover - exercised by the no-extension CI job
         return None
-    cap = os.environ.get("CROSSENT_KERNELS_ISA", "v4")
+    cap = os.environ.get("CROSSENT_KERNELS_ISA", "") or "v4"
+    if cap not in ("v4", "v3", "base"):
+        import warnings
+
+        warnings.warn(f"CROSSENT_KERNELS_ISA={cap!r} is not one of 'v4', 'v3', 'base' (the "
+                      "most capable kernel build to use); ignored: using the best build for "
+                      "this processor", RuntimeWarning, stacklevel=2)
+        cap = "v4"
     levels = {"x86-64-v4": ["v4", "v3"], "x86-64-v3": ["v3"]}.get(base.cpu(), [])
     allowed = {"v4": ["v4", "v3"], "v3": ["v3"]}.get(cap, [])
     for level in levels:
