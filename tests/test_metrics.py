@@ -289,6 +289,49 @@ def test_big_batches_use_blocks_and_threads_the_same():
     np.testing.assert_allclose(_figures(ev1.result()), _figures(ev3.result()), rtol=REL)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kind", ["logits", "probs"])
+def test_update_stream_matches_update(threads, kind, monkeypatch):
+    """The command line's pipelined loop (blocks of the next batch scored while the earlier
+    ones are added) gives the figures, worst rows and counts of one update per batch."""
+    import crossent.metrics as m
+
+    monkeypatch.setattr(m, "_BLOCK_ELEMENTS", 1 << 12)  # several blocks per batch
+    monkeypatch.setattr(m, "_STATS_BLOCK_ELEMENTS", 1 << 13)
+    z, y = _data(11, n=20_000, c=12)
+    x = z if kind == "logits" else _softmax(z)
+    cuts = [0, 1, 4000, 4000, 9001, 20_000]  # an empty batch, a one-row batch
+    crossent.set_num_threads(threads)
+    try:
+        ev1 = Evaluator(input=kind, worst=9)
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            ev1.update(x[a:b], y[a:b], row_offset=a)
+        ev2 = Evaluator(input=kind, worst=9)
+        ev2._update_stream((x[a:b], y[a:b], a) for a, b in zip(cuts[:-1], cuts[1:]))
+    finally:
+        crossent.set_num_threads(None)
+    assert ev2.n_rows == ev1.n_rows == 20_000
+    assert ev2.result().to_dict() == ev1.result().to_dict()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_update_stream_error_names_the_row(threads, monkeypatch):
+    import crossent.metrics as m
+
+    monkeypatch.setattr(m, "_BLOCK_ELEMENTS", 1 << 12)
+    monkeypatch.setattr(m, "_STATS_BLOCK_ELEMENTS", 1 << 13)
+    z, y = _data(12, n=12_000, c=5)
+    y[10_123] = 5
+    crossent.set_num_threads(threads)
+    try:
+        ev = Evaluator(input="logits")
+        with pytest.raises(LabelError, match="out of range") as info:
+            ev._update_stream((z[a:a + 3000], y[a:a + 3000], a) for a in range(0, 12_000, 3000))
+    finally:
+        crossent.set_num_threads(None)
+    assert info.value.row == 10_123 and info.value.value == 5
+
+
 def test_many_classes_few_rows_and_pickling():
     rng = np.random.default_rng(7)
     z = rng.normal(size=(64, 5000))

@@ -53,10 +53,11 @@ Examples
 
 from __future__ import annotations
 
+import collections
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
@@ -844,9 +845,31 @@ class Evaluator:
         crossent.ShapeMismatchError
             For mismatched lengths, or a class count that changes between batches.
         """
+        start = self._next_row if row_offset is None else int(row_offset)
+        prepared = self._prepare(predictions, labels, start)
+        if prepared is None:
+            return
+        x, y, n_classes, binary = prepared
+        # an update that fails changes nothing: snapshot the (small) state when a failure
+        # could come after a change (the first update, or several blocks)
+        several = x.shape[0] > self._block_rows(x, binary, n_classes)
+        saved = copy.deepcopy(self.__dict__) if self.n_classes is None or several else None
+        try:
+            self._begin(x, n_classes, binary)
+            self._run_blocks(x, y, start)
+        except BaseException:
+            if saved is not None:
+                self.__dict__.clear()
+                self.__dict__.update(saved)
+            raise
+        self._count(x.shape[0], start)
+
+    def _prepare(self, predictions: Any, labels: Any,
+                 start: int) -> tuple[np.ndarray, np.ndarray, int, bool] | None:
+        """Checked NumPy arrays of a batch: ``(x, y, n_classes, binary)``; None for an empty
+        batch (which only fixes the class count). Changes no other state."""
         x = _to_numpy(predictions, "predictions")
         y = _to_numpy(labels, "labels")
-        start = self._next_row if row_offset is None else int(row_offset)
         if x.dtype.kind not in "f":
             if x.dtype.kind in "iub" and x.size:
                 x = x.astype(np.float64)
@@ -904,35 +927,62 @@ class Evaluator:
             )
         if x.shape[0] == 0:
             self._set_classes(n_classes, binary)
-            return
-        y = self._labels_as_int(y, start)
-        # an update that fails changes nothing: snapshot the (small) state when a failure
-        # could come after a change (the first update, or several blocks)
-        several = x.shape[0] > self._block_rows(x, binary, n_classes)
-        saved = copy.deepcopy(self.__dict__) if self.n_classes is None or several else None
+            return None
+        return x, self._labels_as_int(y, start), n_classes, binary
+
+    def _begin(self, x: np.ndarray, n_classes: int, binary: bool) -> None:
+        """Fix the class count and (from the first batch) the input kind."""
+        self._set_classes(n_classes, binary)
+        if self.kind is None:
+            self.kind, self.kind_reason = detect_input(x, sum_tol=self.sum_tol)
+
+    def _count(self, n: int, start: int) -> None:
+        self.n_rows += n
+        self._next_row = max(self._next_row, start + n)
+
+    def _jobs(self, x: np.ndarray, y: np.ndarray, start: int) -> list[tuple[Any, Any, int]]:
+        """The blocks of a batch, as ``_compute_block`` arguments."""
+        block = self._block_rows(x, bool(self.binary), self.n_classes or 1)
+        return [(x[b:b + block], y[b:b + block], start + b) for b in range(0, x.shape[0], block)]
+
+    def _update_stream(self, batches: Iterable[tuple[Any, Any, int]]) -> None:
+        """``update`` over a stream of ``(predictions, labels, row_offset)`` batches, the
+        command line's loop: the blocks of the next batches are scored on the pool while
+        this thread adds the results of the earlier ones, so that the threads do not wait
+        for the Python work between batches (a tenth of the time on a 5 GiB file). Not
+        transactional: after an error the evaluator holds part of the batches (the caller
+        discards it)."""
+        pool = _pool()
+        pending: collections.deque[Any] = collections.deque()
+        depth = 0 if pool is None else 2 * pool._max_workers  # noqa: SLF001
         try:
-            self._set_classes(n_classes, binary)
-            if self.kind is None:
-                self.kind, self.kind_reason = detect_input(x, sum_tol=self.sum_tol)
-            self._run_blocks(x, y, start)
-        except BaseException:
-            if saved is not None:
-                self.__dict__.clear()
-                self.__dict__.update(saved)
-            raise
-        self.n_rows += x.shape[0]
-        self._next_row = max(self._next_row, start + x.shape[0])
+            for predictions, labels, start in batches:
+                prepared = self._prepare(predictions, labels, start)
+                if prepared is None:
+                    continue
+                x, y, n_classes, binary = prepared
+                self._begin(x, n_classes, binary)
+                for job in self._jobs(x, y, start):
+                    if pool is None:
+                        self._accumulate(self._compute_block(*job))
+                        continue
+                    pending.append(pool.submit(self._compute_block, *job))
+                    while len(pending) > depth:
+                        self._accumulate(pending.popleft().result())
+                self._count(x.shape[0], start)
+            while pending:
+                self._accumulate(pending.popleft().result())
+        finally:
+            for fut in pending:
+                fut.cancel()
 
     def _run_blocks(self, x: np.ndarray, y: np.ndarray, start: int) -> None:
         """Score ``x`` block by block (on up to ``get_num_threads()`` threads: NumPy and the
         kernels release the GIL) and accumulate the block results in order."""
-        n = x.shape[0]
-        block = self._block_rows(x, bool(self.binary), self.n_classes or 1)
-        starts = list(range(0, n, block))
-        if len(starts) == 1:
-            self._accumulate(self._compute_block(x, y, start))
+        jobs = self._jobs(x, y, start)
+        if len(jobs) == 1:
+            self._accumulate(self._compute_block(*jobs[0]))
             return
-        jobs = ((x[b:b + block], y[b:b + block], start + b) for b in starts)
         pool = _pool()
         if pool is None:
             for job in jobs:

@@ -104,15 +104,13 @@ class Plan:
         unit_bytes = progress is not None and progress.unit == "B"
         seen_bytes = 0
         it = prefetch(batches, depth=1)
-        try:
+
+        def stream() -> Iterator[tuple[Any, Any, int]]:
+            nonlocal seen_bytes
             for b in it:
                 if b.n == 0:
                     continue
-                y = mapper(b.labels, b.start)
-                try:
-                    ev.update(b.preds, y, row_offset=b.start)
-                except (LabelError, PredictionError) as e:
-                    raise _locate(e, pred_ds, label_ds) from e.__cause__
+                yield b.preds, mapper(b.labels, b.start), b.start
                 if progress is not None:
                     if unit_bytes:
                         now = getattr(pred_ds, "bytes_read", 0)
@@ -120,6 +118,11 @@ class Plan:
                         seen_bytes = now
                     else:
                         progress.update(b.n)
+
+        try:
+            ev._update_stream(stream())  # noqa: SLF001 - the evaluator is ours, discarded on error
+        except (LabelError, PredictionError) as e:
+            raise _locate(e, pred_ds, label_ds) from e.__cause__
         finally:
             it.close()
         return ev
