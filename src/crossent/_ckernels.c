@@ -26,6 +26,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 enum { DT_F32 = 0, DT_F64 = 1, DT_BF16 = 2, DT_F16 = 3 };
 
@@ -355,6 +358,35 @@ typedef float vf32h __attribute__((vector_size(VB / 2)));
 INLINE vf32 sel_f32(vi32 a, vf32 x, vf32 y) { return (vf32)((a & (vi32)x) | (~a & (vi32)y)); }
 INLINE vf64 sel_f64(vi64 a, vf64 x, vf64 y) { return (vf64)((a & (vi64)x) | (~a & (vi64)y)); }
 
+/* a > b ? a : b and a < b ? a : b, lane by lane (NaN in either: b). One instruction where
+ * the ISA's max/min has exactly these semantics (x86's MAXPS/MINPS return the second
+ * operand unless the first is greater/less); GCC 12 compiles the select itself to a
+ * compare and two masked xors (pass 1 of the forward took 11 instructions per vector). */
+#if VB == 64 && defined(__AVX512F__)
+#define X86_MM(op, sfx) _mm512_##op##_##sfx
+#define X86_PS __m512
+#define X86_PD __m512d
+#elif VB == 32 && defined(__AVX__)
+#define X86_MM(op, sfx) _mm256_##op##_##sfx
+#define X86_PS __m256
+#define X86_PD __m256d
+#elif VB == 16 && defined(__SSE2__)
+#define X86_MM(op, sfx) _mm_##op##_##sfx
+#define X86_PS __m128
+#define X86_PD __m128d
+#endif
+#ifdef X86_MM
+INLINE vf32 maxk_f32(vf32 a, vf32 b) { return (vf32)X86_MM(max, ps)((X86_PS)a, (X86_PS)b); }
+INLINE vf32 mink_f32(vf32 a, vf32 b) { return (vf32)X86_MM(min, ps)((X86_PS)a, (X86_PS)b); }
+INLINE vf64 maxk_f64(vf64 a, vf64 b) { return (vf64)X86_MM(max, pd)((X86_PD)a, (X86_PD)b); }
+INLINE vf64 mink_f64(vf64 a, vf64 b) { return (vf64)X86_MM(min, pd)((X86_PD)a, (X86_PD)b); }
+#else
+INLINE vf32 maxk_f32(vf32 a, vf32 b) { return sel_f32(a > b, a, b); }
+INLINE vf32 mink_f32(vf32 a, vf32 b) { return sel_f32(a < b, a, b); }
+INLINE vf64 maxk_f64(vf64 a, vf64 b) { return sel_f64(a > b, a, b); }
+INLINE vf64 mink_f64(vf64 a, vf64 b) { return sel_f64(a < b, a, b); }
+#endif
+
 /* 2^(j/16) for j = i mod 16, lane by lane: one permute of a register holding the table
  * (16 lanes), two of two halves (8 lanes), loads elsewhere */
 INLINE vf32 table16_f32(vi32 i) {
@@ -384,7 +416,7 @@ INLINE vf32 vexp_neg_f32(vf32 s) {
        it could merge with another one lane by lane) at -2032 ln2/16, where the table
        index is 0 and k = -127: T 2^k is then exactly 0 as bits, 0x3f800000 - (127 << 23) */
     const vf32 lo = (vf32){0} - 0x1.601e68p+6f;
-    s = sel_f32(s < lo, lo, s); /* NaN compares false and stays NaN */
+    s = maxk_f32(lo, s); /* NaN: not below lo, stays NaN */
     const float magic = 12582912.0f;
     vf32 t = s * LOG2E16_F32 + magic;
     vf32 n = t - magic;
@@ -416,7 +448,7 @@ INLINE vf32 vtanh_f32(vf32 u) { TANH_F32_BODY(vf32, sel_f32, vexp_f32, vexpm1_f3
 /* the same for float64: one rounding for s >= -708, 0 for s <= -709 (n = -1023) */
 INLINE vf64 vexp_neg_f64(vf64 s) {
     const vf64 lo = (vf64){0} - 709.0;
-    s = sel_f64(s < lo, lo, s);
+    s = maxk_f64(lo, s);
     const double magic = 6755399441055744.0;
     vf64 t = s * 1.4426950408889634 + magic;
     vf64 n = t - magic;
@@ -497,11 +529,32 @@ INLINE void transpose16_f32(vf32 a[16]) {
 
 /* block sums are added in double: the float32 lanes sum at most SUM_BLOCK / L32 terms */
 INLINE void widen_add_f32(vf64 acc[2], vf32 v) {
-    vf32h lo, hi;
-    memcpy(&lo, &v, VB / 2);
-    memcpy(&hi, (const char *)&v + VB / 2, VB / 2);
+    /* the halves by shuffles or casts, not memcpy: a memcpy from part of v made GCC keep
+       the block sums that v comes from in memory, a store-to-load chain through the stack
+       on every step of the exp loop; and one conversion per half (GCC 12 converts a
+       generic half in quarters) */
+#if VB == 64 && defined(__AVX512F__)
+    const __m512 x = (__m512)v;
+    acc[0] += (vf64)_mm512_cvtps_pd(_mm512_castps512_ps256(x));
+    acc[1] += (vf64)_mm512_cvtps_pd((__m256)_mm512_extractf64x4_pd((__m512d)x, 1));
+#elif VB == 32 && defined(__AVX__)
+    const __m256 x = (__m256)v;
+    acc[0] += (vf64)_mm256_cvtps_pd(_mm256_castps256_ps128(x));
+    acc[1] += (vf64)_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
+#else
+#if L32 == 16
+    vf32h lo = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+    vf32h hi = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+#elif L32 == 8
+    vf32h lo = __builtin_shufflevector(v, v, 0, 1, 2, 3);
+    vf32h hi = __builtin_shufflevector(v, v, 4, 5, 6, 7);
+#else
+    vf32h lo = __builtin_shufflevector(v, v, 0, 1);
+    vf32h hi = __builtin_shufflevector(v, v, 2, 3);
+#endif
     acc[0] += __builtin_convertvector(lo, vf64);
     acc[1] += __builtin_convertvector(hi, vf64);
+#endif
 }
 INLINE void widen_add_f64(vf64 acc[2], vf64 v) { acc[0] += v; }
 
@@ -670,6 +723,8 @@ DEFINE_VLOAD(vload_f16, vf32, float, L32, LOAD_F16)
 #define VL L32
 #define VIOTA iota_i32()
 #define SEL sel_f32
+#define MAXK maxk_f32
+#define MINK mink_f32
 #define ANY any_i32
 #define VLOADT vload_f32
 #define VLOADT_tail vload_f32_tail
@@ -736,6 +791,8 @@ DEFINE_VLOAD(vload_f16, vf32, float, L32, LOAD_F16)
 #undef VL
 #undef VIOTA
 #undef SEL
+#undef MAXK
+#undef MINK
 #undef ANY
 #undef VLOADT
 #undef VLOADT_tail
@@ -760,6 +817,8 @@ DEFINE_VLOAD(vload_f16, vf32, float, L32, LOAD_F16)
 #define VL L64
 #define VIOTA iota_i64()
 #define SEL sel_f64
+#define MAXK maxk_f64
+#define MINK mink_f64
 #define ANY any_i64
 #define VLOADT vload_f64
 #define VLOADT_tail vload_f64_tail

@@ -93,9 +93,8 @@ INLINE void BLOCK_STATS(const char *src, const int from_t, Py_ssize_t c0, Py_ssi
     Py_ssize_t c = c0;
     for (; c + VL <= c1; c += VL) {
         VT v = from_t ? VLOADT(src, c) : VLOADX(src, c);
-        vmax = SEL(v > vmax, v, vmax);
-        VT f = SEL(v > ninf, v, pinf);
-        vmin = SEL(f < vmin, f, vmin);
+        vmax = MAXK(v, vmax);
+        vmin = MINK(SEL(v > ninf, v, pinf), vmin);
     }
     if (c < c1) {
         /* the block's last VL elements when it has that many (repeating some changes
@@ -104,9 +103,8 @@ INLINE void BLOCK_STATS(const char *src, const int from_t, Py_ssize_t c0, Py_ssi
         VT v = c1 - c0 >= VL ? (from_t ? VLOADT(src, c1 - VL) : VLOADX(src, c1 - VL))
                         : (from_t ? VLOADT_tail(src, c, n, -(T)INFINITY)
                                   : VLOADX_tail(src, c, n, -(T)INFINITY));
-        vmax = SEL(v > vmax, v, vmax);
-        VT f = SEL(v > ninf, v, pinf);
-        vmin = SEL(f < vmin, f, vmin);
+        vmax = MAXK(v, vmax);
+        vmin = MINK(SEL(v > ninf, v, pinf), vmin);
     }
     *bmax = vmax;
     *bmin = vmin;
@@ -239,7 +237,7 @@ INLINE void ROW_EXPSUM(const char *src, const int from_t, Py_ssize_t C, const T 
     for (Py_ssize_t k = 0; k < nb; k++) {
         const Py_ssize_t c0 = k * SUM_BLOCK, c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
         BLOCK_STATS(src, from_t, c0, c1, &stats[2 * k], &stats[2 * k + 1]);
-        vmax = SEL(stats[2 * k] > vmax, stats[2 * k], vmax);
+        vmax = MAXK(stats[2 * k], vmax);
     }
     const T row_max = HMAX(vmax);
     T m;
@@ -480,7 +478,7 @@ static void WIDE_ROWS(WideJob *j) {
         j->phase = 1;
         wide_run(j, WIDE_PHASE);
         VT vmax = (VT){0} - (T)INFINITY;
-        for (Py_ssize_t k = 0; k < nb; k++) vmax = SEL(stats[2 * k] > vmax, stats[2 * k], vmax);
+        for (Py_ssize_t k = 0; k < nb; k++) vmax = MAXK(stats[2 * k], vmax);
         T row_max = HMAX(vmax), m;
         const T *lse_in = (const T *)pb->lse_in;
         j->general = ROW_SHIFT(row_max, lse_in ? lse_in + r : NULL, &m);
