@@ -695,7 +695,108 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
             }
         }
         if (cap > 0) SOFTCAP(zbuf, (const char *)zbuf, 1, C * TILE, cap);
-        T m[TILE], rest[TILE], top[TILE], sw[TILE], swz[TILE], lo[TILE];
+        T m[TILE], rest[TILE], top[TILE], sw[TILE], swz[TILE];
+        T coef[TILE], lse_s[TILE], gr[TILE];
+        T z_y[TILE], w_y[TILE];
+        int64_t yi[TILE];
+        int ign[TILE];
+        T loss_t[TILE], lse_t[TILE];
+#if VL == TILE
+        {
+            /* a row per lane, every statistic a vector: the per-lane arrays and scalar loops
+               (labels, the target logit, the fast-exp test) stalled on stores that vector
+               loads read back, and were a third of the forward at C = 10 */
+            const VT zero = {0}, one = (VT){0} + 1, ninf = zero - (T)INFINITY,
+                     pinf = zero + (T)INFINITY;
+            VI vy = (VI){0} - 1; /* the label per lane; -1: ignored, soft, or no row */
+            if (!soft) {
+                int32_t y32[TILE];
+                for (int b = 0; b < TILE; b++) y32[b] = b < nb ? (int32_t)pb->y[r + b] : 0;
+                memcpy(&vy, y32, sizeof vy);
+            }
+            VT vm = ninf, vlo = pinf, vzy = zero;
+            VI vnan = {0};
+            for (Py_ssize_t c = 0; c < C; c++) {
+                VT z;
+                memcpy(&z, zbuf + c * TILE, sizeof z);
+                vm = MAXK(z, vm);
+                vlo = MINK(SEL(z > ninf, z, pinf), vlo);
+                vnan |= z != z;
+                vzy = SEL(vy == (int32_t)c, z, vzy);
+            }
+            const VI finite = (vm - vm == zero) & ~vnan;
+            const int fast = !lse_in && !ANY(~(finite & (vlo - vm >= FAST_EXP_MIN)));
+            vm = SEL(finite, vm, zero);
+            if (lse_in) {
+                memcpy(m, lse_in + r, (size_t)nb * sizeof(T));
+                for (int b = nb; b < TILE; b++) m[b] = 0;
+                memcpy(&vm, m, sizeof vm);
+            }
+            VT vr = zero, vt = zero;
+            for (Py_ssize_t c = 0; c < C; c++) {
+                VT z;
+                memcpy(&z, zbuf + c * TILE, sizeof z);
+                VT s = z - vm;
+                VT e = fast ? VEXPNEG(s) : VEXP_ANY(s);
+                memcpy(ebuf + c * TILE, &e, sizeof e);
+                VI is_top = s == zero;
+                vr += SEL(is_top, zero, e);
+                vt += SEL(is_top, one, zero);
+            }
+            memcpy(m, &vm, sizeof vm);
+            VT vsw = zero, vswz = zero;
+            if (soft || eps > 0) {
+                for (int b = 0; b < TILE; b++) sw[b] = swz[b] = 0;
+                for (Py_ssize_t c = 0; c < C; c++) {
+                    const T wc = w ? w[c] : 1;
+                    T qc[TILE];
+                    for (int b = 0; b < TILE; b++)
+                        qc[b] = (soft && b < nb) ? ((const T *)pb->q)[(size_t)(r + b) * C + c] : 0;
+#pragma omp simd
+                    for (int b = 0; b < TILE; b++) {
+                        T a = soft ? (qkeep * qc[b] + qeps) * wc : wc;
+                        T d = m[b] - zbuf[c * TILE + b];
+                        swz[b] += (a == 0 && (d == INFINITY || d == -INFINITY)) ? 0 : a * d;
+                        sw[b] += a;
+                    }
+                }
+                memcpy(&vsw, sw, sizeof vsw);
+                memcpy(&vswz, swz, sizeof vswz);
+            }
+            if (lse_in) {
+                for (int b = 0; b < TILE; b++) lse_s[b] = 0;
+            } else {
+                memcpy(rest, &vr, sizeof vr);
+                memcpy(top, &vt, sizeof vt);
+#pragma omp simd
+                for (int b = 0; b < TILE; b++) lse_s[b] = LOG1P(rest[b] + (top[b] - 1));
+            }
+            VT vls, vwy = one, vloss, vlse;
+            memcpy(&vls, lse_s, sizeof vls);
+            if (!soft && w) {
+                int32_t y32[TILE];
+                memcpy(y32, &vy, sizeof y32);
+                for (int b = 0; b < TILE; b++) w_y[b] = y32[b] < 0 ? 1 : w[y32[b]];
+                memcpy(&vwy, w_y, sizeof vwy);
+            }
+            const VI vign = soft ? (VI){0} : vy < 0;
+            VT vcoef = VFINISH(pb, vm, vls, vsw, vswz, vzy, vwy, vign, &vloss, &vlse);
+            memcpy(coef, &vcoef, sizeof vcoef);
+            memcpy(loss_t, &vloss, sizeof vloss);
+            memcpy(lse_t, &vlse, sizeof vlse);
+            if (want_grad) { /* the per-lane arrays TILE_GRAD takes */
+                int32_t y32[TILE];
+                memcpy(y32, &vy, sizeof y32);
+                memcpy(z_y, &vzy, sizeof vzy);
+                memcpy(w_y, &vwy, sizeof vwy);
+                for (int b = 0; b < TILE; b++) {
+                    yi[b] = (soft || b >= nb) ? 0 : pb->y[r + b];
+                    ign[b] = !soft && b < nb && y32[b] < 0;
+                }
+            }
+        }
+#else
+        T lo[TILE];
         int any_nan[TILE];
 #pragma omp simd
         for (int b = 0; b < TILE; b++) {
@@ -723,7 +824,7 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         if (lse_in)
             for (int b = 0; b < nb; b++) m[b] = lse_in[r + b];
         { /* fast: every s = z - m is 0, -inf or above FAST_EXP_MIN, where the fast exp is
-             exact. TILE / VL vectors per column (one with AVX-512 float32). */
+             exact. TILE / VL vectors per column. */
             enum { NV = TILE / VL };
             VT vm[NV], vr[NV], vt[NV];
             const VT zero = {0}, one = (VT){0} + 1;
@@ -746,7 +847,6 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
             memcpy(rest, vr, sizeof vr);
             memcpy(top, vt, sizeof vt);
         }
-        int64_t yi[TILE];
         for (int b = 0; b < TILE; b++) yi[b] = (soft || b >= nb) ? 0 : pb->y[r + b];
         if (soft || eps > 0) {
             for (Py_ssize_t c = 0; c < C; c++) {
@@ -763,15 +863,12 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                 }
             }
         }
-        T coef[TILE], lse_s[TILE], gr[TILE];
         if (lse_in) {
             for (int b = 0; b < TILE; b++) lse_s[b] = 0;
         } else {
 #pragma omp simd
             for (int b = 0; b < TILE; b++) lse_s[b] = LOG1P(rest[b] + (top[b] - 1));
         }
-        T z_y[TILE], w_y[TILE];
-        int ign[TILE];
         for (int b = 0; b < TILE; b++) {
             ign[b] = !soft && yi[b] < 0;
             z_y[b] = (soft || ign[b]) ? 0 : zbuf[yi[b] * TILE + b];
@@ -779,26 +876,6 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         }
         /* every lane, also the idle ones of a partial tile: a row's result must not depend on
            whether it was computed in a vector or a scalar loop (FMA contraction may differ) */
-        T loss_t[TILE], lse_t[TILE];
-#if VL == TILE
-        {
-            VT vm, vls, vsw, vswz, vzy, vwy, vloss, vlse;
-            VI vign;
-            int32_t ign32[TILE];
-            for (int b = 0; b < TILE; b++) ign32[b] = -ign[b];
-            memcpy(&vm, m, sizeof vm);
-            memcpy(&vls, lse_s, sizeof vls);
-            memcpy(&vsw, sw, sizeof vsw);
-            memcpy(&vswz, swz, sizeof vswz);
-            memcpy(&vzy, z_y, sizeof vzy);
-            memcpy(&vwy, w_y, sizeof vwy);
-            memcpy(&vign, ign32, sizeof vign);
-            VT vcoef = VFINISH(pb, vm, vls, vsw, vswz, vzy, vwy, vign, &vloss, &vlse);
-            memcpy(coef, &vcoef, sizeof vcoef);
-            memcpy(loss_t, &vloss, sizeof vloss);
-            memcpy(lse_t, &vlse, sizeof vlse);
-        }
-#else
 #pragma omp simd
         for (int b = 0; b < TILE; b++)
             coef[b] = FINISH(pb, m[b], lse_s[b], sw[b], swz[b], z_y[b], w_y[b], ign[b],
@@ -806,11 +883,8 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
 #endif
         if (pb->loss) memcpy((T *)pb->loss + r, loss_t, (size_t)nb * sizeof(T));
         if (pb->lse) memcpy((T *)pb->lse + r, lse_t, (size_t)nb * sizeof(T));
-        for (int b = 0; b < nb; b++) {
-            const int ignored = ign[b];
-            gr[b] = want_grad && !ignored ? ((const T *)pb->g)[r + b] : 0;
-        }
         if (!want_grad) continue;
+        for (int b = 0; b < nb; b++) gr[b] = ign[b] ? 0 : ((const T *)pb->g)[r + b];
         for (int b = nb; b < TILE; b++) coef[b] = lse_s[b] = gr[b] = 0;
 #if VL == TILE
         TILE_GRAD(pb, r, nb, C, zbuf, ebuf, m, lse_s, coef, gr, z_y, w_y, yi, ign);
