@@ -709,7 +709,14 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
             const VT zero = {0}, one = (VT){0} + 1, ninf = zero - (T)INFINITY,
                      pinf = zero + (T)INFINITY;
             VI vy = (VI){0} - 1; /* the label per lane; -1: ignored, soft, or no row */
-            if (!soft) {
+            if (!soft && nb == TILE) {
+                /* labels are in [-1, C): int32 lanes hold them; one conversion of the
+                   tile's labels (scalar stores read back as a vector stalled) */
+                typedef int64_t vlabels __attribute__((vector_size(TILE * sizeof(int64_t))));
+                vlabels y64;
+                memcpy(&y64, pb->y + r, sizeof y64);
+                vy = __builtin_convertvector(y64, VI);
+            } else if (!soft) {
                 int32_t y32[TILE];
                 for (int b = 0; b < TILE; b++) y32[b] = b < nb ? (int32_t)pb->y[r + b] : 0;
                 memcpy(&vy, y32, sizeof vy);
