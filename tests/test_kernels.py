@@ -509,3 +509,35 @@ def test_small_c_gradient_stores_stay_inside_the_output(n, c):
     np.testing.assert_array_equal(buf[n * c :], 7.0)
     _, ref = crossent.softmax_cross_entropy_value_and_grad(x, y, label_smoothing=0.1)
     np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("storage", ["float32", "bfloat16"])
+def test_big_gradients_written_with_streaming_stores_equal_the_cached_path(storage):
+    """A gradient of 16 MiB or more is written with streaming (non-temporal) stores; odd C:
+    rows start at every alignment. The bits must be those of the same rows computed in
+    pieces small enough to be written with plain stores; a single row (its class axis split
+    over the threads) must agree with one thread's result."""
+    if storage == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    else:
+        dtype = np.dtype(storage)
+    itemsize = np.dtype(dtype).itemsize
+    c = 65537
+    n = (16 << 20) // (c * itemsize) + 2  # just over the streaming threshold
+    rng = np.random.default_rng(17)
+    x = (rng.normal(size=(n, c)) * 3).astype(dtype)
+    y = rng.integers(0, c, n)
+    _, big = crossent.softmax_cross_entropy_value_and_grad(x, y, reduction="sum")
+    pieces = [crossent.softmax_cross_entropy_value_and_grad(x[a:a + 8], y[a:a + 8], reduction="sum")[1]
+              for a in range(0, n, 8)]
+    np.testing.assert_array_equal(np.asarray(big).view(np.uint8),
+                                  np.concatenate(pieces).view(np.uint8))
+    wide = np.ascontiguousarray(x.reshape(-1)[: (16 << 20) // itemsize + 3])[None, :]
+    results = []
+    for threads in (1, 2):
+        crossent.set_num_threads(threads)
+        try:
+            results.append(np.asarray(crossent.softmax_cross_entropy_value_and_grad(wide, y[:1])[1]))
+        finally:
+            crossent.set_num_threads(None)
+    np.testing.assert_array_equal(results[0].view(np.uint8), results[1].view(np.uint8))

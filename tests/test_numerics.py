@@ -735,6 +735,30 @@ def test_z_loss_does_not_overflow_before_the_loss_does(xp, dtype):
     assert_mp_close(got, ref["loss"], dtype, ref["loss_slack"])
 
 
+@pytest.mark.parametrize("n_classes", [2, 300])  # the small-C tiles and the row kernel
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_z_loss_with_a_weight_below_one_does_not_overflow_before_the_loss_does(xp, dtype, n_classes):
+    """Regression (hypothesis, float64 x = 1.3407807929942597e156, weight 0.5, z_loss 1e-4):
+    ``(z_loss * lse) * lse`` overflowed to inf although ``w_y * z_loss * lse**2`` is 0.75
+    of the largest float; the weight now comes first."""
+    fmax = float(np.finfo(np.dtype(dtype)).max)
+    big = math.sqrt(1.5 / 1e-4) * math.sqrt(fmax)  # z_loss lse^2 = 1.5 max: the weight brings it in
+    x = np.zeros((1, n_classes), dtype=dtype)
+    x[0, 0] = big
+    y = np.array([0])
+    w = np.linspace(0.5, 1.0, n_classes).astype(dtype)
+    ref = mp_softmax_ce(x, y, weight=w, z_loss=1e-4, dtype=dtype)
+    assert mpf(fmax) / 2 < ref["loss"][0] < mpf(fmax)
+    got = np_(crossent.softmax_cross_entropy(xs(xp, x), xs(xp, y), weight=xs(xp, w), z_loss=1e-4))
+    assert_mp_close(got, ref["loss"], dtype, ref["loss_slack"])
+    # a zero weight cancels an infinite z-loss term (0 * inf = 0), NaN still propagates
+    x2 = np.array([[np.inf, 0.0], [np.nan, 0.0]], dtype=dtype)
+    got = np_(crossent.softmax_cross_entropy(xs(xp, x2), xs(xp, np.array([1, 1])),
+                                             weight=xs(xp, np.array([1.0, 0.0], dtype=dtype)),
+                                             z_loss=1e-4))
+    assert got[0] == 0.0 and math.isnan(got[1])
+
+
 # (id, logits row, probability target row, exact loss)
 SOFTMAX_SOFT_TABLE = [
     ("zero_target_on_masked_class", [-inf, 0.0, 0.0], [0.0, 0.5, 0.5], L2),  # 0 log 0 = 0

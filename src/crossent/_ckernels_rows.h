@@ -62,8 +62,10 @@ INLINE T FINISH(const Problem *pb, T m, T lse_s, T sw, T swz, T z_y, T w_y, int 
         }
         if (eps > 0) loss += qeps * (w_sum * lse_s + swz);
         if (zl > 0) {
-            T zt = (zl * lse) * lse;
-            loss += (w_y == 0 && zt == INFINITY) ? 0 : w_y * zt;
+            /* the weight first: (zl lse) lse alone overflows where w_y zl lse^2 does not
+               (w_y < 1); 0 * inf = 0 where w_y = 0 and lse is infinite */
+            T zt = ((w_y * zl) * lse) * lse;
+            loss += (w_y == 0 && isinf(lse)) ? 0 : zt;
         }
         coef = qkeep * w_y + qeps * w_sum;
         if (zl > 0) coef += 2 * zl * w_y * lse;
@@ -320,6 +322,23 @@ INLINE void ROW_GRAD(const Problem *pb, const T *restrict z, const T *restrict q
             ebuf[c] *= (1 - t * t); /* d tanh = 1 - tanh^2 */
         }
     }
+    if (pb->stream) {
+        if (STORAGE_IS_T) {
+            stream_copy(grow + c0 * STORAGE_SIZE, (const char *)(ebuf + c0),
+                        (size_t)(c1 - c0) * sizeof(T));
+            return;
+        }
+        /* 16-bit storage: converted a chunk at a time on the stack, then streamed */
+        enum { CHUNK = 1024 };
+        char tmp[CHUNK * STORAGE_SIZE] __attribute__((aligned(64)));
+        for (Py_ssize_t c = c0; c < c1; c += CHUNK) {
+            const Py_ssize_t n = c1 - c < CHUNK ? c1 - c : CHUNK;
+#pragma omp simd
+            for (Py_ssize_t j = 0; j < n; j++) STORE(tmp, j, ebuf[c + j]);
+            stream_copy(grow + c * STORAGE_SIZE, tmp, (size_t)n * STORAGE_SIZE);
+        }
+        return;
+    }
 #pragma omp simd
     for (Py_ssize_t c = c0; c < c1; c++) STORE(grow, c, ebuf[c]);
 }
@@ -532,9 +551,9 @@ INLINE VT VFINISH(const Problem *pb, VT m, VT lse_s, VT sw, VT swz, VT z_y, VT w
             loss = eps > 0 ? qkeep * term : term;
         }
         if (eps > 0) loss += qeps * (w_sum * lse_s + swz);
-        if (zl > 0) {
-            VT zt = (zl * lse) * lse;
-            loss += SEL((w_y == zero) & (zt == inf), zero, w_y * zt);
+        if (zl > 0) { /* as FINISH: the weight first, 0 * inf = 0 */
+            VT zt = ((w_y * zl) * lse) * lse;
+            loss += SEL((w_y == zero) & ((lse == inf) | (lse == -inf)), zero, zt);
         }
         coef = qkeep * w_y + qeps * w_sum;
         if (zl > 0) coef += 2 * zl * w_y * lse;

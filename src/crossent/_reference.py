@@ -89,10 +89,14 @@ def zero_times_inf(xp: Any, coef: Any, neg: Any) -> Any:
 
 
 def z_loss_term(xp: Any, z_loss: float, lse: Any, w_y: Any | None) -> Any:
-    """``z_loss * w_y * lse**2``, as ``(z_loss * lse) * lse`` so that it overflows only
-    where the result does (``lse**2`` alone overflows for ``lse > 1.8e19`` in float32)."""
-    term = (z_loss * lse) * lse
-    return term if w_y is None else zero_times_inf(xp, w_y, term)
+    """``z_loss * w_y * lse**2``, as ``((w_y * z_loss) * lse) * lse`` so that it overflows
+    only where the result does (``lse**2`` alone overflows for ``lse > 1.8e19`` in float32;
+    ``(z_loss * lse) * lse`` before the weight where ``w_y < 1``), with ``0 * inf = 0``
+    for a zero weight."""
+    if w_y is None:
+        return (z_loss * lse) * lse
+    term = ((w_y * z_loss) * lse) * lse
+    return xp.where(xp.logical_and(w_y == 0.0, xp.isinf(lse)), 0.0, term)
 
 
 def index_loss(
