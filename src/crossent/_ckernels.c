@@ -485,7 +485,7 @@ INLINE double hmin_f64(vf64 v) { HFOLD(double, L64, v, MIN_S) }
 INLINE double hsum_f64(vf64 v) { HFOLD(double, L64, v, ADD) }
 /* whether any lane of a comparison is true: one test instruction where the ISA has it
  * (the generic OR over the lanes compiled to ~12 extracts and ORs, and pass 2 asks twice
- * per block of 128 classes) */
+ * per block of SUM_BLOCK classes) */
 INLINE int any_i64(vi64 x) {
 #if VB == 64 && defined(__AVX512F__)
     return _mm512_test_epi64_mask((__m512i)x, (__m512i)x) != 0;
@@ -735,7 +735,13 @@ INLINE double sum_value(const Sum *a) {
     /* inf/NaN: the compensation is meaningless (inf - inf), the plain sum is right */
     return isfinite(a->s) ? a->s + a->c : a->s;
 }
-#define SUM_BLOCK 128 /* terms per vectorised partial sum */
+/* Terms per vectorised partial sum: 16 per float32 lane before the block's sum is added in
+ * double (error at most 15 roundings of a sum of exps <= 16), so 256 with AVX-512. A block
+ * costs some fixed work (two statistics vectors, two tests, the widening): 256 instead of
+ * 128 made the AVX-512 forward 6-13 % faster. */
+#ifndef SUM_BLOCK
+#define SUM_BLOCK (16 * L32)
+#endif
 #ifndef PREFETCH_BYTES
 #define PREFETCH_BYTES 16384 /* how far ahead the exp pass prefetches the rows to come */
 #endif
