@@ -188,12 +188,14 @@ def _header(r0: dict) -> list[str]:
 
 def _summary(groups) -> list[str]:
     lines = ["", "## Summary: crossent vs the fastest peer", "",
-             "| mode | N×C | dtype | crossent | × limit | fastest peer | its median | "
-             "crossent ÷ peer | crossent peak extra | torch eager peak extra |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| mode | N×C | dtype | crossent | × limit | out= buffer (× read + write) | "
+             "fastest peer | its median | crossent ÷ peer | crossent peak extra | "
+             "torch eager peak extra |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (mode, n, c, dtype), rows in groups:
         ce = next((r for r in rows if r["impl"] == "crossent" and r["median_s"]), None)
-        peers = [r for r in rows if r["kind"] == "impl" and r["impl"] != "crossent"
+        co = next((r for r in rows if r["impl"] == "crossent.out" and r["median_s"]), None)
+        peers = [r for r in rows if r["kind"] == "impl" and not r["impl"].startswith("crossent")
                  and r["median_s"]]
         if ce is None:
             continue
@@ -202,7 +204,9 @@ def _summary(groups) -> list[str]:
         ratio = ce["median_s"] / best["median_s"] if best else None
         lines.append(
             f"| {mode} | {n}×{c} | {dtype} | {fmt_time(ce['median_s'])} | "
-            f"{_fmt_ratio(ce['ratio_limit'])} | {best['impl'] if best else '—'} | "
+            f"{_fmt_ratio(ce['ratio_limit'])} | "
+            + (f"{fmt_time(co['median_s'])} ({_fmt_ratio(co['ratio_limit'])})" if co else "—")
+            + f" | {best['impl'] if best else '—'} | "
             f"{fmt_time(best['median_s']) if best else '—'} | "
             + (f"**{ratio:.2f}**" if ratio is not None and ratio > 1 else _fmt_ratio(ratio))
             + f" | {_fmt_mem(ce['peak_extra_bytes'], ce['peak_extra_x_input'])} | "
@@ -210,7 +214,11 @@ def _summary(groups) -> list[str]:
     lines.append("")
     lines.append("crossent ÷ peer > 1 (bold) means a peer was faster. × limit: crossent's "
                  "median over the read pass (forward) or the read + write pass (loss + "
-                 "gradient) measured in the same process.")
+                 "gradient) measured in the same process. The read + write pass writes into "
+                 "resident pages; a call that returns a fresh gradient also pays the page "
+                 "faults of the new array (the alloc + write pass in the detailed table), "
+                 "which `out=` avoids: the out= column is the loss + gradient written into a "
+                 "buffer reused from call to call.")
     return lines
 
 
