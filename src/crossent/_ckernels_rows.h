@@ -39,6 +39,7 @@
 #define SOFTCAP CAT(softcap, SUFFIX)
 #define VFINISH CAT(vrow_finish, SUFFIX)
 #define TILE_GRAD CAT(tile_grad, SUFFIX)
+#define TILE_WSUM CAT(tile_wsum, SUFFIX)
 
 /* The per-row epilogue: loss and lse from the row statistics; returns the gradient's
  * softmax coefficient (A in crossent._reference.softmax_grad_index). */
@@ -668,6 +669,30 @@ INLINE void TILE_GRAD(const Problem *pb, Py_ssize_t r, int nb, Py_ssize_t C,
 }
 #endif
 
+/* sum_c a_c (m - z_c) and sum_c a_c per lane of a tile (soft targets or smoothing; as
+ * BLOCK_WSUM, 0 * inf = 0); sw and swz are set */
+INLINE void TILE_WSUM(const Problem *pb, Py_ssize_t r, int nb, const T *restrict zbuf,
+                      const T *m, T *sw, T *swz) {
+    const Py_ssize_t C = pb->n_cols;
+    const T *restrict w = (const T *)pb->w;
+    const int soft = pb->q != NULL;
+    const T eps = (T)pb->label_smoothing, qeps = eps / (T)C, qkeep = 1 - eps;
+    for (int b = 0; b < TILE; b++) sw[b] = swz[b] = 0;
+    for (Py_ssize_t c = 0; c < C; c++) {
+        const T wc = w ? w[c] : 1;
+        T qc[TILE];
+        for (int b = 0; b < TILE; b++)
+            qc[b] = (soft && b < nb) ? ((const T *)pb->q)[(size_t)(r + b) * C + c] : 0;
+#pragma omp simd
+        for (int b = 0; b < TILE; b++) {
+            T a = soft ? (qkeep * qc[b] + qeps) * wc : wc;
+            T d = m[b] - zbuf[c * TILE + b];
+            swz[b] += (a == 0 && (d == INFINITY || d == -INFINITY)) ? 0 : a * d;
+            sw[b] += a;
+        }
+    }
+}
+
 /* TILE rows at once, one row per vector lane; zbuf and ebuf hold C * TILE values. */
 static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                                T *restrict zbuf, T *restrict ebuf, T *restrict unused) {
@@ -677,7 +702,6 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
     const T *restrict w = (const T *)pb->w;
     const T *restrict lse_in = (const T *)pb->lse_in;
     const int soft = pb->q != NULL, want_grad = pb->g != NULL;
-    const T qeps = eps / (T)C, qkeep = 1 - eps;
     const size_t esz = elsize(pb->dtype);
     for (Py_ssize_t r = r0; r < r1; r += TILE) {
         const int nb = (int)(r1 - r < TILE ? r1 - r : TILE);
@@ -772,20 +796,7 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
             memcpy(m, &vm, sizeof vm);
             VT vsw = zero, vswz = zero;
             if (soft || eps > 0) {
-                for (int b = 0; b < TILE; b++) sw[b] = swz[b] = 0;
-                for (Py_ssize_t c = 0; c < C; c++) {
-                    const T wc = w ? w[c] : 1;
-                    T qc[TILE];
-                    for (int b = 0; b < TILE; b++)
-                        qc[b] = (soft && b < nb) ? ((const T *)pb->q)[(size_t)(r + b) * C + c] : 0;
-#pragma omp simd
-                    for (int b = 0; b < TILE; b++) {
-                        T a = soft ? (qkeep * qc[b] + qeps) * wc : wc;
-                        T d = m[b] - zbuf[c * TILE + b];
-                        swz[b] += (a == 0 && (d == INFINITY || d == -INFINITY)) ? 0 : a * d;
-                        sw[b] += a;
-                    }
-                }
+                TILE_WSUM(pb, r, nb, zbuf, m, sw, swz);
                 memcpy(&vsw, sw, sizeof vsw);
                 memcpy(&vswz, swz, sizeof vswz);
             }
@@ -874,21 +885,7 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
             memcpy(top, vt, sizeof vt);
         }
         for (int b = 0; b < TILE; b++) yi[b] = (soft || b >= nb) ? 0 : pb->y[r + b];
-        if (soft || eps > 0) {
-            for (Py_ssize_t c = 0; c < C; c++) {
-                const T wc = w ? w[c] : 1;
-                T qc[TILE];
-                for (int b = 0; b < TILE; b++)
-                    qc[b] = (soft && b < nb) ? ((const T *)pb->q)[(size_t)(r + b) * C + c] : 0;
-#pragma omp simd
-                for (int b = 0; b < TILE; b++) {
-                    T a = soft ? (qkeep * qc[b] + qeps) * wc : wc;
-                    T d = m[b] - zbuf[c * TILE + b];
-                    swz[b] += (a == 0 && (d == INFINITY || d == -INFINITY)) ? 0 : a * d;
-                    sw[b] += a;
-                }
-            }
-        }
+        if (soft || eps > 0) TILE_WSUM(pb, r, nb, zbuf, m, sw, swz);
         if (lse_in) {
             for (int b = 0; b < TILE; b++) lse_s[b] = 0;
         } else {
@@ -915,6 +912,7 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
 #if VL == TILE
         TILE_GRAD(pb, r, nb, C, zbuf, ebuf, m, lse_s, coef, gr, z_y, w_y, yi, ign);
 #else
+        const T qeps = eps / (T)C, qkeep = 1 - eps;
         T pc[TILE];
         for (int k = 0; k < TILE / VL; k++) { /* the vector exp: the scalar one's table lookup
                                                   does not vectorise */
@@ -1052,6 +1050,7 @@ static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t r1,
 #undef SOFTCAP
 #undef VFINISH
 #undef TILE_GRAD
+#undef TILE_WSUM
 #undef ROWS
 #undef TILES
 #undef FINISH
