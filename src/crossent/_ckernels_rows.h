@@ -40,6 +40,7 @@
 #define VFINISH CAT(vrow_finish, SUFFIX)
 #define TILE_GRAD CAT(tile_grad, SUFFIX)
 #define TILE_WSUM CAT(tile_wsum, SUFFIX)
+#define TILE_QCOL CAT(tile_qcol, SUFFIX)
 
 /* The per-row epilogue: loss and lse from the row statistics; returns the gradient's
  * softmax coefficient (A in crossent._reference.softmax_grad_index). */
@@ -567,6 +568,13 @@ INLINE VT VFINISH(const Problem *pb, VT m, VT lse_s, VT sw, VT swz, VT z_y, VT w
 }
 #endif
 
+/* column c of a tile's soft targets, a lane per row: 0 without soft targets and past the
+ * tile's last row */
+INLINE void TILE_QCOL(const Problem *pb, Py_ssize_t r, int nb, Py_ssize_t c, T *qc) {
+    const T *restrict q = (const T *)pb->q;
+    for (int b = 0; b < TILE; b++) qc[b] = (q && b < nb) ? q[(size_t)(r + b) * pb->n_cols + c] : 0;
+}
+
 #if VL == TILE
 /* The gradient of a tile, one row per lane, column by column in registers; the same code
  * for full and partial tiles, so a row's gradient does not depend on its neighbours. */
@@ -610,8 +618,7 @@ INLINE void TILE_GRAD(const Problem *pb, Py_ssize_t r, int nb, Py_ssize_t C,
         const T wc = w ? w[c] : 1;
         if (soft) {
             T qc[TILE];
-            for (int b = 0; b < TILE; b++)
-                qc[b] = b < nb ? ((const T *)pb->q)[(size_t)(r + b) * C + c] : 0;
+            TILE_QCOL(pb, r, nb, c, qc);
             VT vq;
             memcpy(&vq, qc, sizeof vq);
             d -= ((qkeep * vq + qeps) * wc) * vgr;
@@ -681,8 +688,7 @@ INLINE void TILE_WSUM(const Problem *pb, Py_ssize_t r, int nb, const T *restrict
     for (Py_ssize_t c = 0; c < C; c++) {
         const T wc = w ? w[c] : 1;
         T qc[TILE];
-        for (int b = 0; b < TILE; b++)
-            qc[b] = (soft && b < nb) ? ((const T *)pb->q)[(size_t)(r + b) * C + c] : 0;
+        TILE_QCOL(pb, r, nb, c, qc);
 #pragma omp simd
         for (int b = 0; b < TILE; b++) {
             T a = soft ? (qkeep * qc[b] + qeps) * wc : wc;
@@ -926,8 +932,7 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         for (Py_ssize_t c = 0; c < C; c++) {
             const T wc = w ? w[c] : 1;
             T qc[TILE];
-            for (int b = 0; b < TILE; b++)
-                qc[b] = (soft && b < nb) ? ((const T *)pb->q)[(size_t)(r + b) * C + c] : 0;
+            TILE_QCOL(pb, r, nb, c, qc);
 #pragma omp simd
             for (int b = 0; b < TILE; b++) {
                 T sub = soft ? (qkeep * qc[b] + qeps) * wc : qeps * wc;
@@ -1051,6 +1056,7 @@ static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t r1,
 #undef VFINISH
 #undef TILE_GRAD
 #undef TILE_WSUM
+#undef TILE_QCOL
 #undef ROWS
 #undef TILES
 #undef FINISH
