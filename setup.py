@@ -62,7 +62,7 @@ setup(
         Extension(
             "crossent._cmetrics",
             sources=["src/crossent/_cmetrics.c"],
-            depends=["src/crossent/_cmetrics_rows.h"],
+            depends=["src/crossent/_cmetrics_rows.h", "src/crossent/_cmetrics_width32.h"],
             extra_compile_args=flags + ([] if sys.platform == "win32" else ["-ffp-contract=off"]),
             optional=True,
         ),

@@ -257,32 +257,9 @@ static int supported_v4(void) {
 
 /* ---------------------------------------------------------------- x86-64-v3 */
 #define ISA_ATTR __attribute__((target("arch=x86-64-v3")))
-#define IS_F32 1
-#define SFX f32_v3
-#define MASKLOAD(p, n) ((f32x8)_mm256_maskload_ps(p, (__m256i)((i32x8)IOTA8 < (int32_t)(n))))
-#define T float
-#define VT f32x8
-#define VI i32x8
-#define VU u32x8
-#define VD f64x4
-#define IT int32_t
-#define IT_MAX INT32_MAX
-#define VL 8
-#define IOTA IOTA8
-#include "_cmetrics_rows.h"
-#define IS_F32 0
-#define SFX f64_v3
-#define MASKLOAD(p, n) ((f64x4)_mm256_maskload_pd(p, (__m256i)((i64x4)IOTA4 < (int64_t)(n))))
-#define T double
-#define VT f64x4
-#define VI i64x4
-#define VU u64x4
-#define VD f64x4
-#define IT int64_t
-#define IT_MAX INT64_MAX
-#define VL 4
-#define IOTA IOTA4
-#include "_cmetrics_rows.h"
+#define ISA_SFX(t) t##_v3
+#include "_cmetrics_width32.h"
+#undef ISA_SFX
 #undef ISA_ATTR
 static int supported_v3(void) {
 #if __GNUC__ >= 12
@@ -297,32 +274,9 @@ static int supported_v3(void) {
  * AVX without AVX2 (some virtual machines hide AVX2): 8-wide floats, the integer lane
  * operations split in halves */
 #define ISA_ATTR __attribute__((target("avx")))
-#define IS_F32 1
-#define SFX f32_avx
-#define MASKLOAD(p, n) ((f32x8)_mm256_maskload_ps(p, (__m256i)((i32x8)IOTA8 < (int32_t)(n))))
-#define T float
-#define VT f32x8
-#define VI i32x8
-#define VU u32x8
-#define VD f64x4
-#define IT int32_t
-#define IT_MAX INT32_MAX
-#define VL 8
-#define IOTA IOTA8
-#include "_cmetrics_rows.h"
-#define IS_F32 0
-#define SFX f64_avx
-#define MASKLOAD(p, n) ((f64x4)_mm256_maskload_pd(p, (__m256i)((i64x4)IOTA4 < (int64_t)(n))))
-#define T double
-#define VT f64x4
-#define VI i64x4
-#define VU u64x4
-#define VD f64x4
-#define IT int64_t
-#define IT_MAX INT64_MAX
-#define VL 4
-#define IOTA IOTA4
-#include "_cmetrics_rows.h"
+#define ISA_SFX(t) t##_avx
+#include "_cmetrics_width32.h"
+#undef ISA_SFX
 #undef ISA_ATTR
 static int supported_avx(void) { return __builtin_cpu_supports("avx"); }
 #endif /* X86_LEVELS */
