@@ -279,21 +279,53 @@ def test_exp_special_values():
 
 
 def test_vector_exp_gives_the_scalar_exps_bits_where_the_row_kernels_use_it():
-    # the row kernels' vector exp (table scale in one integer add, no clamping) must give
-    # exp's bits for every s the kernels hand it (finite s >= FAST_EXP_MIN), so that a
-    # row's loss never depends on which of the two computed it; and 0 for -inf
-    top = int(np.float32(-87.0).view(np.uint32))
+    # the row kernels' vector exp must give exp's bits for every s the kernels hand it, so
+    # that a row's loss never depends on which of the two computed it. With AVX-512 (its
+    # scale instruction rounds into the subnormal range as exp does) that is every s <= 0,
+    # and the kernels use it on every block; elsewhere (the scale is an integer add) every
+    # finite s >= FAST_EXP_MIN, and 0 for -inf and below -88.03.
+    exact = _kernels._ckernels.EXPNEG_EXACT_F32
+    lo = -110.0 if exact else -87.0
+    top = int(np.float32(lo).view(np.uint32))
     x = np.concatenate([np.arange(0x80000000, top + 1, 7, dtype=np.uint32).view(np.float32),
-                        np.array([-87.0, -0.0, 0.0, -1e-45], dtype=np.float32)])
+                        np.array([lo, -0.0, 0.0, -1e-45], dtype=np.float32)])
     assert np.array_equal(_elementwise("exp_neg", x).view(np.uint32),
                           _elementwise("exp", x).view(np.uint32))
     special = np.array([-np.inf, -1e30, -88.03, -88.5, -200.0, np.nan], dtype=np.float32)
     got = _elementwise("exp_neg", special)
-    assert np.all(got[:5] == 0.0) and np.isnan(got[5])
+    if exact:
+        assert np.array_equal(got[:5].view(np.uint32),
+                              _elementwise("exp", special[:5]).view(np.uint32))
+        assert got[2] > 0 and got[3] > 0  # subnormal, as exp's
+    else:
+        assert np.all(got[:5] == 0.0)
+    assert np.isnan(got[5])
     x64 = np.concatenate([np.random.default_rng(3).uniform(-708.0, 0.0, 200_000), [-708.0, 0.0]])
     assert np.array_equal(_elementwise("exp_neg", x64), _elementwise("exp", x64))
     got64 = _elementwise("exp_neg", np.array([-np.inf, -1e300, -709.5, np.nan]))
     assert np.all(got64[:3] == 0.0) and np.isnan(got64[3])
+
+
+@pytest.mark.parametrize("c", [10, 700])
+def test_probabilities_in_the_subnormal_range_are_kept_in_every_block(monkeypatch, c):
+    # s = z - max between -104 and -87: exp(s) is subnormal. With AVX-512 the fast exp
+    # runs there (no least-value test); elsewhere such a block takes the general exp.
+    # Either way the gradient entry is exp's value (not 0, not a wrong subnormal).
+    rng = np.random.default_rng(c)
+    x = np.zeros((40, c), np.float32)
+    x[:, 1:] = rng.uniform(-103.0, -87.5, (40, c - 1)).astype(np.float32)
+    t = rng.integers(0, c, 40)
+    (ref, rgrad), (got, grad) = both(
+        monkeypatch, crossent.softmax_cross_entropy_value_and_grad, x, t
+    )
+    assert_close(got, ref, np.float32)
+    exact = np.exp(x[:, 1:].astype(np.float64))  # the max is 0 and the rest is below 2^-126
+    off = np.ones_like(exact, dtype=bool)
+    off[np.arange(40), t - 1] = t == 0  # the target entries are p - 1
+    tiny = exact[off] > np.finfo(np.float32).smallest_subnormal
+    assert np.all(grad[:, 1:][off][tiny] > 0)
+    np.testing.assert_allclose(grad[:, 1:][off], exact[off], rtol=0,
+                               atol=float(np.finfo(np.float32).smallest_subnormal))
 
 
 @pytest.mark.parametrize("name", ["exp", "expm1", "tanh"])

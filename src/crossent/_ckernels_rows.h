@@ -98,7 +98,7 @@ INLINE void BLOCK_STATS(const char *src, const int from_t, Py_ssize_t c0, Py_ssi
     for (; c + VL <= c1; c += VL) {
         VT v = from_t ? VLOADT(src, c) : VLOADX(src, c);
         vmax = MAXK(v, vmax);
-        vmin = MINK(SEL(v > ninf, v, pinf), vmin);
+        if (!EXPNEG_EXACT) vmin = MINK(SEL(v > ninf, v, pinf), vmin);
     }
     if (c < c1) {
         /* the block's last VL elements when it has that many (repeating some changes
@@ -108,7 +108,7 @@ INLINE void BLOCK_STATS(const char *src, const int from_t, Py_ssize_t c0, Py_ssi
                         : (from_t ? VLOADT_tail(src, c, n, -(T)INFINITY)
                                   : VLOADX_tail(src, c, n, -(T)INFINITY));
         vmax = MAXK(v, vmax);
-        vmin = MINK(SEL(v > ninf, v, pinf), vmin);
+        if (!EXPNEG_EXACT) vmin = MINK(SEL(v > ninf, v, pinf), vmin);
     }
     *bmax = vmax;
     *bmin = vmin;
@@ -209,7 +209,7 @@ INLINE void BLOCK_PASS2(const char *src, const int from_t, Py_ssize_t k, Py_ssiz
     const int split = !backward && (general || ANY(stats[2 * k] == row_max));
     /* min - m >= FAST_EXP_MIN for the least lane iff for every lane (the rounded
        difference is monotonic); the +inf of lanes without a finite value pass */
-    const int fast = !general && !ANY(stats[2 * k + 1] - m < FAST_EXP_MIN);
+    const int fast = !general && (EXPNEG_EXACT || !ANY(stats[2 * k + 1] - m < FAST_EXP_MIN));
 #define EXPSUM_CASE(F, S)                                                                \
     if (want_e) BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 1, ebuf, br, bt, next);       \
     else BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 0, ebuf, br, bt, next);
@@ -776,12 +776,13 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                 VT z;
                 memcpy(&z, zbuf + c * TILE, sizeof z);
                 vm = MAXK(z, vm);
-                vlo = MINK(SEL(z > ninf, z, pinf), vlo);
+                if (!EXPNEG_EXACT) vlo = MINK(SEL(z > ninf, z, pinf), vlo);
                 vnan |= z != z;
                 vzy = SEL(vy == (int32_t)c, z, vzy);
             }
             const VI finite = (vm - vm == zero) & ~vnan;
-            const int fast = !lse_in && !ANY(~(finite & (vlo - vm >= FAST_EXP_MIN)));
+            const int fast =
+                !lse_in && !ANY(~(finite & (EXPNEG_EXACT ? finite : vlo - vm >= FAST_EXP_MIN)));
             vm = SEL(finite, vm, zero);
             if (lse_in) {
                 memcpy(m, lse_in + r, (size_t)nb * sizeof(T));
