@@ -97,7 +97,7 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("n, c", [(1, 1), (7, 3), (7, 17), (5, 1023), (33, 16), (70, 10), (70, 29)])
+@pytest.mark.parametrize("n, c", [(1, 1), (7, 3), (7, 17), (5, 1023), (3, 2500), (33, 16), (70, 10), (70, 29)])
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 @pytest.mark.parametrize("kind", ["index", "soft"])
 def test_kernel_equals_reference(monkeypatch, dtype, n, c, opts, kind):
@@ -210,7 +210,7 @@ def test_set_num_threads_validates():
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16"])
-@pytest.mark.parametrize("n, c, cap", [(11, 37, 5.0), (70, 10, None), (70, 29, 5.0), (40, 300, None)])
+@pytest.mark.parametrize("n, c, cap", [(11, 37, 5.0), (70, 10, None), (70, 29, 5.0), (40, 300, None), (3, 3000, 5.0)])
 def test_half_precision_storage(monkeypatch, storage, n, c, cap):
     if storage == "bfloat16":
         ml_dtypes = pytest.importorskip("ml_dtypes")

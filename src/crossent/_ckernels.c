@@ -595,6 +595,9 @@ INLINE void widen_add_f64(vf64 acc[2], vf64 v) { acc[0] += v; }
  * not fit the caches anyway, and a plain store first reads each line from memory (read
  * for ownership), so that writing 1 GB moved 2 GB. Measured: loss + gradient of 8192 x
  * 32000 float32 ~25 % faster. Smaller ones stay cached for whoever reads them next. */
+/* the gradient pass works through a row in chunks of this many bytes of float32/64
+ * values (a few KB: computed, then written out while in L1) */
+#define GRAD_CHUNK_BYTES 4096
 #ifndef STREAM_MIN_BYTES
 #define STREAM_MIN_BYTES ((size_t)16 << 20)
 #endif
