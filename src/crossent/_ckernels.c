@@ -780,6 +780,9 @@ INLINE double sum_value(const Sum *a) {
 #ifndef SUM_BLOCK
 #define SUM_BLOCK (16 * L32)
 #endif
+#ifndef NEAR_PREFETCH_BYTES
+#define NEAR_PREFETCH_BYTES 8192 /* rows up to this long: the next one prefetched into L1 */
+#endif
 #ifndef PREFETCH_BYTES
 #define PREFETCH_BYTES 16384 /* how far ahead the exp pass prefetches the rows to come */
 #endif

@@ -169,7 +169,8 @@ INLINE void SOFTCAP(T *dst, const char *src, const int from_t, Py_ssize_t n, T c
  * loop at each call site (always inline). */
 INLINE void BLOCK_EXPSUM(const char *src, const int from_t, Py_ssize_t c0, Py_ssize_t c1,
                          T m, const int fast, const int split, const int want_e,
-                         T *restrict ebuf, VT *br_out, VT *bt_out, const char *next) {
+                         T *restrict ebuf, VT *br_out, VT *bt_out, const char *next,
+                         const char *near) {
     const VT vm = (VT){0} + m, zero = {0}, one = (VT){0} + 1;
     VT br = zero, bt = zero;
     Py_ssize_t c = c0;
@@ -190,6 +191,7 @@ INLINE void BLOCK_EXPSUM(const char *src, const int from_t, Py_ssize_t c0, Py_ss
        finds it there instead of waiting for memory (one prefetch per VL elements) */
     for (; c + VL <= c1; c += VL) {
         if (next) __builtin_prefetch(next + c * STORAGE_SIZE, 0, 2);
+        if (near) __builtin_prefetch(near + c * STORAGE_SIZE, 0, 3);
         EXPSUM_STEP(from_t ? VLOADT(src, c) : VLOADX(src, c), memcpy(ebuf + c, &e, sizeof e))
     }
     if (c < c1 && c1 - c0 >= VL) {
@@ -220,15 +222,16 @@ INLINE void BLOCK_EXPSUM(const char *src, const int from_t, Py_ssize_t c0, Py_ss
 /* pass 2 of one block, with the flags of its statistics: the block's partial sums */
 INLINE void BLOCK_PASS2(const char *src, const int from_t, Py_ssize_t k, Py_ssize_t C,
                         const VT *stats, T m, T row_max, int general, int backward,
-                        const int want_e, T *restrict ebuf, VT *br, VT *bt, const char *next) {
+                        const int want_e, T *restrict ebuf, VT *br, VT *bt, const char *next,
+                        const char *near) {
     const Py_ssize_t c0 = k * SUM_BLOCK, c1 = c0 + SUM_BLOCK < C ? c0 + SUM_BLOCK : C;
     const int split = !backward && (general || ANY(stats[2 * k] == row_max));
     /* min - m >= FAST_EXP_MIN for the least lane iff for every lane (the rounded
        difference is monotonic); the +inf of lanes without a finite value pass */
     const int fast = !general && (EXPNEG_EXACT || !ANY(stats[2 * k + 1] - m < FAST_EXP_MIN));
 #define EXPSUM_CASE(F, S)                                                                \
-    if (want_e) BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 1, ebuf, br, bt, next);       \
-    else BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 0, ebuf, br, bt, next);
+    if (want_e) BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 1, ebuf, br, bt, next, near); \
+    else BLOCK_EXPSUM(src, from_t, c0, c1, m, F, S, 0, ebuf, br, bt, next, near);
     if (fast && !split) { EXPSUM_CASE(1, 0) }
     else if (fast) { EXPSUM_CASE(1, 1) }
     else if (!split) { EXPSUM_CASE(0, 0) }
@@ -251,7 +254,8 @@ INLINE int ROW_SHIFT(T row_max, const T *lse_in_r, T *m) {
  * NaN) shifts by 0, as crossent._reference does, and uses the general exp. */
 INLINE void ROW_EXPSUM(const char *src, const int from_t, Py_ssize_t C, const T *lse_in_r,
                        const int want_e, T *restrict ebuf, VT *restrict stats, T *m_out,
-                       double *rest_out, double *top_out, const char *next) {
+                       double *rest_out, double *top_out, const char *next,
+                       const char *near) {
     const Py_ssize_t nb = (C + SUM_BLOCK - 1) / SUM_BLOCK;
     VT vmax = (VT){0} - (T)INFINITY;
     for (Py_ssize_t k = 0; k < nb; k++) {
@@ -267,7 +271,7 @@ INLINE void ROW_EXPSUM(const char *src, const int from_t, Py_ssize_t C, const T 
     for (Py_ssize_t k = 0; k < nb; k++) {
         VT br, bt;
         BLOCK_PASS2(src, from_t, k, C, stats, m, row_max, general, lse_in_r != NULL, want_e,
-                    ebuf, &br, &bt, next);
+                    ebuf, &br, &bt, next, near);
         WIDEN_ADD(rest, br);
         top += bt;
     }
@@ -447,10 +451,15 @@ static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         /* prefetch distance: about 16 KB ahead (short rows: several rows ahead, so that
            the memory latency is covered while two threads share the bandwidth) */
         const char *next = r + ahead < r1 ? xrow + ahead * pb->row_stride * esz : NULL;
+        /* and a row that fits L1 with room to spare: the next one from L2 into L1, so that
+           its pass 1 reads L1 (from L2 it was a sixth of the forward at C = 1000) */
+        const char *near = ahead > 1 && row_bytes <= NEAR_PREFETCH_BYTES && r + 1 < r1
+                               ? xrow + pb->row_stride * esz
+                               : NULL;
         if (z) ROW_EXPSUM((const char *)z, 1, C, lse_in ? lse_in + r : NULL, want_grad, ebuf,
-                          stats, &m, &rest, &top, next);
+                          stats, &m, &rest, &top, next, near);
         else ROW_EXPSUM(xrow, 0, C, lse_in ? lse_in + r : NULL, want_grad, ebuf, stats, &m,
-                        &rest, &top, next);
+                        &rest, &top, next, near);
         Sum sw = {0, 0}, swz = {0, 0};
         const T *restrict qrow = soft ? (const T *)pb->q + (size_t)r * C : NULL;
         const int64_t yi = soft ? 0 : pb->y[r];
@@ -502,7 +511,7 @@ static void WIDE_PHASE(WideJob *j, int tid) {
         for (Py_ssize_t k = k0; k < k1; k++) {
 #define PASS2(FT, WE)                                                                    \
     BLOCK_PASS2(src, FT, k, C, stats, m, row_max, j->general, backward, WE, ebuf,         \
-                &bsum[2 * k], &bsum[2 * k + 1], NULL)
+                &bsum[2 * k], &bsum[2 * k + 1], NULL, NULL)
             if (from_t && want_e) PASS2(1, 1);
             else if (from_t) PASS2(1, 0);
             else if (want_e) PASS2(0, 1);
