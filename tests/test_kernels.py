@@ -300,32 +300,46 @@ def test_vector_exp_gives_the_scalar_exps_bits_where_the_row_kernels_use_it():
     else:
         assert np.all(got[:5] == 0.0)
     assert np.isnan(got[5])
-    x64 = np.concatenate([np.random.default_rng(3).uniform(-708.0, 0.0, 200_000), [-708.0, 0.0]])
+    exact64 = _kernels._ckernels.EXPNEG_EXACT_F64
+    lo64 = -760.0 if exact64 else -708.0
+    x64 = np.concatenate([np.random.default_rng(3).uniform(lo64, 0.0, 200_000), [lo64, 0.0]])
     assert np.array_equal(_elementwise("exp_neg", x64), _elementwise("exp", x64))
-    got64 = _elementwise("exp_neg", np.array([-np.inf, -1e300, -709.5, np.nan]))
-    assert np.all(got64[:3] == 0.0) and np.isnan(got64[3])
+    special64 = np.array([-np.inf, -1e300, -709.5, -745.0, np.nan])
+    got64 = _elementwise("exp_neg", special64)
+    if exact64:
+        assert np.array_equal(got64[:4], _elementwise("exp", special64[:4]))
+        assert got64[2] > 0 and got64[3] > 0  # subnormal, as exp's
+    else:
+        assert np.all(got64[:4] == 0.0)
+    assert np.isnan(got64[4])
 
 
 @pytest.mark.parametrize("c", [10, 700])
-def test_probabilities_in_the_subnormal_range_are_kept_in_every_block(monkeypatch, c):
-    # s = z - max between -104 and -87: exp(s) is subnormal. With AVX-512 the fast exp
-    # runs there (no least-value test); elsewhere such a block takes the general exp.
-    # Either way the gradient entry is exp's value (not 0, not a wrong subnormal).
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_probabilities_in_the_subnormal_range_are_kept_in_every_block(monkeypatch, c, dtype):
+    # s = z - max where exp(s) is subnormal (float32: -104..-87, float64: -745..-708).
+    # With AVX-512 the fast exp runs there (no least-value test); elsewhere such a block
+    # takes the general exp. Either way the gradient entry is exp's value (not 0, not a
+    # wrong subnormal).
+    info = np.finfo(dtype)
+    lo, hi = (-103.0, -87.5) if dtype == "float32" else (-744.0, -708.5)
     rng = np.random.default_rng(c)
-    x = np.zeros((40, c), np.float32)
-    x[:, 1:] = rng.uniform(-103.0, -87.5, (40, c - 1)).astype(np.float32)
+    x = np.zeros((40, c), dtype)
+    x[:, 1:] = rng.uniform(lo, hi, (40, c - 1)).astype(dtype)
     t = rng.integers(0, c, 40)
     (ref, rgrad), (got, grad) = both(
         monkeypatch, crossent.softmax_cross_entropy_value_and_grad, x, t
     )
-    assert_close(got, ref, np.float32)
-    exact = np.exp(x[:, 1:].astype(np.float64))  # the max is 0 and the rest is below 2^-126
+    assert_close(got, ref, dtype)
+    # the max is 0 and every other term is below the smallest normal
+    exact = np.exp(x[:, 1:].astype(np.float64)) if dtype == "float32" else np.exp(
+        x[:, 1:].astype(np.longdouble))
     off = np.ones_like(exact, dtype=bool)
     off[np.arange(40), t - 1] = t == 0  # the target entries are p - 1
-    tiny = exact[off] > np.finfo(np.float32).smallest_subnormal
+    tiny = exact[off] > info.smallest_subnormal
     assert np.all(grad[:, 1:][off][tiny] > 0)
-    np.testing.assert_allclose(grad[:, 1:][off], exact[off], rtol=0,
-                               atol=float(np.finfo(np.float32).smallest_subnormal))
+    np.testing.assert_allclose(grad[:, 1:][off].astype(exact.dtype), exact[off], rtol=0,
+                               atol=float(info.smallest_subnormal))
 
 
 @pytest.mark.parametrize("name", ["exp", "expm1", "tanh"])

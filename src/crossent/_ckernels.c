@@ -468,6 +468,22 @@ INLINE vf32 vexp_f32(vf32 x) { EXP_F32_BODY(vf32, vi32, sel_f32, AS_F_V32, AS_I_
 INLINE vf32 vexpm1_f32(vf32 x) { EXPM1_F32_BODY(vf32, vi32, sel_f32, AS_F_V32, AS_I_V32, vexp_f32) }
 INLINE vf32 vtanh_f32(vf32 u) { TANH_F32_BODY(vf32, sel_f32, vexp_f32, vexpm1_f32) }
 
+#if L64 == 8 && defined(__AVX512F__)
+/* the same for float64 (see vexp_neg_f32): scalef rounds once into the subnormal range as
+ * exp_f64's two multiplies do, so this is exp_f64 for every s <= 0 (0 below -746) */
+#define EXPNEG_EXACT_F64 1
+INLINE vf64 vexp_neg_f64(vf64 s) {
+    const vf64 lo = (vf64){0} - 746.0;
+    s = maxk_f64(lo, s);
+    const double magic = 6755399441055744.0;
+    vf64 t = s * 1.4426950408889634 + magic;
+    vf64 n = t - magic;
+    vf64 r = EXP_REDUCE_F64(s, n);
+    vf64 p = EXP_POLY_F64(r);
+    return (vf64)_mm512_scalef_pd((__m512d)p, (__m512d)n);
+}
+#else
+#define EXPNEG_EXACT_F64 0
 /* the same for float64: one rounding for s >= -708, 0 for s <= -709 (n = -1023) */
 INLINE vf64 vexp_neg_f64(vf64 s) {
     const vf64 lo = (vf64){0} - 709.0;
@@ -480,6 +496,7 @@ INLINE vf64 vexp_neg_f64(vf64 s) {
     vi64 scale = ((vi64)t << 52) + 0x3ff0000000000000LL;
     return p * (vf64)scale;
 }
+#endif
 
 /* horizontal reductions: a tree of halvings, log2(lanes) steps (no NaN reaches them).
  * Each step adds (or takes the max of) the upper half onto the lower through memory-free
@@ -926,7 +943,7 @@ DEFINE_VLOAD(vload_f16, vf32, float, L32, LOAD_F16)
 #define HSUM hsum_f64
 #define WIDEN_ADD widen_add_f64
 #define FAST_EXP_MIN FAST_EXP_MIN_F64
-#define EXPNEG_EXACT 0
+#define EXPNEG_EXACT EXPNEG_EXACT_F64
 #define EXP exp_f64
 #define EXPM1 expm1_f64
 #define TANH tanh_f64
@@ -1271,5 +1288,6 @@ PyMODINIT_FUNC INIT(CROSSENT_MODULE)(void) {
     if (m == NULL) return NULL;
     PyModule_AddIntConstant(m, "HAVE_F16", HAVE_F16);
     PyModule_AddIntConstant(m, "EXPNEG_EXACT_F32", EXPNEG_EXACT_F32);
+    PyModule_AddIntConstant(m, "EXPNEG_EXACT_F64", EXPNEG_EXACT_F64);
     return m;
 }
