@@ -7,6 +7,12 @@ the float32 result. The unit tests sample every 61st/4099th value; this runs all
 
     python benchmarks/exp_accuracy.py            # all functions
     python benchmarks/exp_accuracy.py exp log    # some
+    python benchmarks/exp_accuracy.py exp_neg    # the row kernels' fast exp: exp's bits?
+
+`exp_neg` (the fast exp of the exp-sum pass) must give exactly exp's bits wherever the
+kernels use it: every s <= 0 where the build scales with AVX-512's scalef, every s >= -87
+elsewhere (blocks with smaller values take exp itself). It is checked bit for bit over all
+float32 s <= 0 (-inf included), and the mismatches below -87 reported separately.
 """
 
 from __future__ import annotations
@@ -62,17 +68,42 @@ def worst_ulps(name: str, ref, lo: float, hi: float) -> tuple[float, float, int]
     return worst, where, count
 
 
+def fast_exp_mismatches() -> tuple[int, int, int]:
+    """(mismatches at s >= -87, mismatches below -87, inputs) of exp_neg against exp."""
+    above = below = count = 0
+    a, b = int(np.float32(-0.0).view(np.int32)), int(np.float32(-np.inf).view(np.int32))
+    for start in range(a, b + 1, CHUNK):
+        x = np.arange(start, min(start + CHUNK, b + 1), dtype=np.int64).astype(np.int32).view(np.float32)
+        got, ref = np.empty_like(x), np.empty_like(x)
+        _kernels._ckernels.elementwise("exp_neg", 0, x.ctypes.data, got.ctypes.data, x.size)
+        _kernels._ckernels.elementwise("exp", 0, x.ctypes.data, ref.ctypes.data, x.size)
+        bad = got.view(np.uint32) != ref.view(np.uint32)
+        above += int(np.count_nonzero(bad & (x >= -87.0)))
+        below += int(np.count_nonzero(bad & (x < -87.0)))
+        count += x.size
+    return above, below, count
+
+
 def main(argv: list[str]) -> int:
     if not _kernels.available():
         print("the compiled kernels are not built")
         return 1
-    names = set(argv) or {r[0] for r in RANGES}
+    names = set(argv) or {r[0] for r in RANGES} | {"exp_neg"}
     print(f"{'function':8} {'inputs':>14} {'max ulp':>8}  at x")
     for name, ref, lo, hi in RANGES:
         if name in names:
             t = time.perf_counter()
             worst, where, count = worst_ulps(name, ref, lo, hi)
             print(f"{name:8} {count:>14,} {worst:8.3f}  {where!r}  ({time.perf_counter() - t:.0f} s)")
+    if "exp_neg" in names:
+        t = time.perf_counter()
+        above, below, count = fast_exp_mismatches()
+        exact = bool(_kernels._ckernels.EXPNEG_EXACT_F32)
+        print(f"exp_neg  {count:>14,} inputs s <= 0: {above} differ from exp at s >= -87, {below} "
+              f"below ({'must be 0: used everywhere' if exact else 'not used there'}; "
+              f"{time.perf_counter() - t:.0f} s)")
+        if above or (exact and below):
+            return 1
     return 0
 
 

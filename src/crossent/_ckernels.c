@@ -406,39 +406,31 @@ INLINE vf32 table16_f32(vi32 i) {
 #endif
 }
 
+/* exp(s) for s <= 0 (and NaN, and -inf), cheaper than exp_f32: no upper clamp, one select
+ * less, and the scale 2^k applied in one step.
+ *
+ * With AVX-512 the scale is scalef (x 2^floor(n / 16) = 2^k), which rounds once into the
+ * subnormal range, as exp_f32's two multiplies by 2^k1 and 2^k2 do after T (1 + q) is
+ * rounded: this is then exp_f32, bit for bit, for every s <= 0 (checked exhaustively; below
+ * -104, where exp_f32 returns 0, the clamp gives exp_f32(-104), which is 0 as well), and
+ * pass 1 need not find each block's least value to know that the fast exp applies.
+ *
+ * Elsewhere k goes into T's exponent with an integer add: the same bits as exp_f32 for
+ * s >= -87 (every result normal), 0 for s <= -88.03, -inf included; between -88.03 and -87
+ * a result below 2^-126 may be inexact, so the row kernels call it only on blocks whose
+ * finite values all lie above -87 (see FAST_EXP_MIN). The clamp there is at -2032 ln2/16,
+ * where the table index is 0 and k = -127: T 2^k is then exactly 0 as bits,
+ * 0x3f800000 - (127 << 23). (A select used only as a select: GCC 12 computed a select
+ * whose mask it could merge with another one lane by lane.) */
 #if L32 == 16 && defined(__AVX512F__)
-/* AVX-512's scalef multiplies by 2^floor(n / 16) = 2^k rounding once, into the subnormal
- * range too, which is what exp_f32's two multiplies by 2^k1 and 2^k2 do: T (1 + q)
- * rounded once, then scaled. So this is exp_f32, bit for bit, for every s <= 0 (below -104,
- * where exp_f32 returns 0, the clamp gives exp_f32(-104), which is 0 as well), and pass 1
- * need not find each block's least value to know that the fast exp applies: one
- * comparison, one select and one min less per vector, and one operation less here (the
- * scale is one instruction instead of a shift, a mask and an add). */
 #define EXPNEG_EXACT_F32 1
-INLINE vf32 vexp_neg_f32(vf32 s) {
-    const vf32 lo = (vf32){0} - 104.0f;
-    s = maxk_f32(lo, s); /* NaN: not below lo, stays NaN */
-    const float magic = 12582912.0f;
-    vf32 t = s * LOG2E16_F32 + magic;
-    vf32 n = t - magic;
-    vf32 r = EXP_REDUCE16_F32(s, n);
-    vf32 q = EXPM1_POLY16_F32(r);
-    vf32 tj = table16_f32((vi32)t); /* t's low bits hold n = 16 k + j */
-    return (vf32)_mm512_scalef_ps((__m512)(tj * q + tj), (__m512)(n * 0.0625f));
-}
+#define EXPNEG_LO_F32 (-104.0f)
 #else
 #define EXPNEG_EXACT_F32 0
-/* exp(s) for s <= 0 (and NaN, and -inf): the same bits as exp_f32 for s >= -87 (every
- * result normal), 0 for s <= -88.03, -inf included. Between -88.03 and -87 a result
- * below 2^-126 may be inexact: the row kernels call it only on blocks whose finite values all lie above
- * -87 (see FAST_EXP_MIN). Cheaper than exp_f32: no clamping, and the scale 2^k goes into
- * the table entry's exponent with one integer add instead of two multiplies. */
+#define EXPNEG_LO_F32 (-0x1.601e68p+6f)
+#endif
 INLINE vf32 vexp_neg_f32(vf32 s) {
-    /* s is clamped (a select used only as a select: GCC 12 computed a select whose mask
-       it could merge with another one lane by lane) at -2032 ln2/16, where the table
-       index is 0 and k = -127: T 2^k is then exactly 0 as bits, 0x3f800000 - (127 << 23) */
-    const vf32 lo = (vf32){0} - 0x1.601e68p+6f;
-    s = maxk_f32(lo, s); /* NaN: not below lo, stays NaN */
+    s = maxk_f32((vf32){0} + EXPNEG_LO_F32, s); /* NaN: not below lo, stays NaN */
     const float magic = 12582912.0f;
     vf32 t = s * LOG2E16_F32 + magic;
     vf32 n = t - magic;
@@ -446,7 +438,9 @@ INLINE vf32 vexp_neg_f32(vf32 s) {
     vf32 q = EXPM1_POLY16_F32(r);
     vi32 ti = (vi32)t; /* t's low bits hold n = 16 k + j */
     vf32 tj = table16_f32(ti);
-#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+#if EXPNEG_EXACT_F32
+    return (vf32)_mm512_scalef_ps((__m512)(tj * q + tj), (__m512)(n * 0.0625f));
+#elif defined(__FMA__) || defined(__ARM_FEATURE_FMA)
     /* T 2^k by adding k to T's exponent: (ti << 19) keeps n's bits from bit 19 up, the
        mask drops j's; exact while k >= -126 (s > -87.34). T 2^k (1 + q) is then one
        fused multiply-add, rounded once as exp_f32's T (1 + q) is. */
@@ -458,7 +452,6 @@ INLINE vf32 vexp_neg_f32(vf32 s) {
     return (tj * q + tj) * (vf32)(((ti >> 4) + 127) << 23);
 #endif
 }
-#endif
 
 /* exp_f32, expm1_f32 and tanh_f32 lane by lane, with their bits (see EXP_F32_BODY) */
 #define AS_F_V32(i) ((vf32)(i))
@@ -468,35 +461,29 @@ INLINE vf32 vexp_f32(vf32 x) { EXP_F32_BODY(vf32, vi32, sel_f32, AS_F_V32, AS_I_
 INLINE vf32 vexpm1_f32(vf32 x) { EXPM1_F32_BODY(vf32, vi32, sel_f32, AS_F_V32, AS_I_V32, vexp_f32) }
 INLINE vf32 vtanh_f32(vf32 u) { TANH_F32_BODY(vf32, sel_f32, vexp_f32, vexpm1_f32) }
 
+/* the same for float64: with AVX-512 exp_f64's bits for every s <= 0 (0 below -746);
+ * elsewhere one rounding for s >= -708, 0 for s <= -709 (n = -1023) */
 #if L64 == 8 && defined(__AVX512F__)
-/* the same for float64 (see vexp_neg_f32): scalef rounds once into the subnormal range as
- * exp_f64's two multiplies do, so this is exp_f64 for every s <= 0 (0 below -746) */
 #define EXPNEG_EXACT_F64 1
-INLINE vf64 vexp_neg_f64(vf64 s) {
-    const vf64 lo = (vf64){0} - 746.0;
-    s = maxk_f64(lo, s);
-    const double magic = 6755399441055744.0;
-    vf64 t = s * 1.4426950408889634 + magic;
-    vf64 n = t - magic;
-    vf64 r = EXP_REDUCE_F64(s, n);
-    vf64 p = EXP_POLY_F64(r);
-    return (vf64)_mm512_scalef_pd((__m512d)p, (__m512d)n);
-}
+#define EXPNEG_LO_F64 (-746.0)
 #else
 #define EXPNEG_EXACT_F64 0
-/* the same for float64: one rounding for s >= -708, 0 for s <= -709 (n = -1023) */
+#define EXPNEG_LO_F64 (-709.0)
+#endif
 INLINE vf64 vexp_neg_f64(vf64 s) {
-    const vf64 lo = (vf64){0} - 709.0;
-    s = maxk_f64(lo, s);
+    s = maxk_f64((vf64){0} + EXPNEG_LO_F64, s);
     const double magic = 6755399441055744.0;
     vf64 t = s * 1.4426950408889634 + magic;
     vf64 n = t - magic;
     vf64 r = EXP_REDUCE_F64(s, n);
     vf64 p = EXP_POLY_F64(r);
+#if EXPNEG_EXACT_F64
+    return (vf64)_mm512_scalef_pd((__m512d)p, (__m512d)n);
+#else
     vi64 scale = ((vi64)t << 52) + 0x3ff0000000000000LL;
     return p * (vf64)scale;
-}
 #endif
+}
 
 /* horizontal reductions: a tree of halvings, log2(lanes) steps (no NaN reaches them).
  * Each step adds (or takes the max of) the upper half onto the lower through memory-free
