@@ -204,6 +204,22 @@ def test_thread_counts_give_identical_results():
         np.testing.assert_array_equal(grad, outs[0][1])
 
 
+@pytest.mark.parametrize("c", range(1, 33))
+def test_small_class_counts_every_width(monkeypatch, c):
+    # rows of up to 32 classes: 16 rows per tile, transposed in registers 16 columns at a
+    # time, only the columns below C computed (each width its own specialised transpose)
+    rng = np.random.default_rng(c)
+    x = (rng.normal(size=(64, c)) * 4).astype(np.float32)
+    t = rng.integers(0, c, 64)
+    (ref, rgrad), (got, grad) = both(
+        monkeypatch, crossent.softmax_cross_entropy_value_and_grad, x, t, label_smoothing=0.1
+    )
+    assert_close(got, ref, np.float32)
+    assert_close(grad, rgrad, np.float32)
+    (ref, _), (got, _) = both(monkeypatch, crossent.softmax_cross_entropy, x, t, return_lse=True)
+    assert_close(got, ref, np.float32)
+
+
 def test_set_num_threads_validates():
     with pytest.raises(crossent.CrossEntropyError, match="num_threads"):
         _kernels.set_num_threads(0)

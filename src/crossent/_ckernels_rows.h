@@ -760,10 +760,22 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                loads and inserts that the column-by-column gather below compiles to */
             const char *x0 = pb->x + (size_t)r * pb->row_stride * esz;
             for (Py_ssize_t h = 0; h < C; h += VL) {
-                VT a[VL];
-                for (int b = 0; b < VL; b++) a[b] = VLOADX(x0 + (size_t)b * pb->row_stride * esz, h);
-                transpose16_f32(a);
-                for (Py_ssize_t c = h; c < C && c < h + VL; c++) memcpy(zbuf + c * TILE, &a[c - h], sizeof(VT));
+                /* the number of columns wanted as a constant: the shuffles that only feed
+                   the columns past C (6 of 16 at C = 10) are then never computed */
+#define TILE_IN(NC)                                                                      \
+    case NC: {                                                                           \
+        VT a[VL];                                                                        \
+        for (int b = 0; b < VL; b++) a[b] = VLOADX(x0 + (size_t)b * pb->row_stride * esz, h); \
+        transpose16_f32(a);                                                              \
+        for (int c = 0; c < NC; c++) memcpy(zbuf + (h + c) * TILE, &a[c], sizeof(VT));  \
+        break;                                                                           \
+    }
+                switch (C - h < VL ? (int)(C - h) : VL) {
+                    TILE_IN(1) TILE_IN(2) TILE_IN(3) TILE_IN(4) TILE_IN(5) TILE_IN(6)
+                    TILE_IN(7) TILE_IN(8) TILE_IN(9) TILE_IN(10) TILE_IN(11) TILE_IN(12)
+                    TILE_IN(13) TILE_IN(14) TILE_IN(15) default: TILE_IN(16)
+                }
+#undef TILE_IN
             }
         } else
 #endif
