@@ -573,6 +573,52 @@ def test_small_c_gradient_stores_stay_inside_the_output(n, c):
     np.testing.assert_array_equal(out, ref)
 
 
+@pytest.mark.parametrize("storage", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+@pytest.mark.parametrize("kind", ["index", "soft"])
+def test_gradient_pass_overlapped_with_the_next_row_gives_each_rows_own_bits(monkeypatch, storage, opts, kind):
+    """Rows of 16 KB or more: row r's gradient is written while row r + 1's exps are
+    computed. Every row must get the bits it gets computed alone, and match the reference;
+    an odd C puts the rows at every alignment."""
+    if storage == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    else:
+        dtype = np.dtype(storage)
+    rng = np.random.default_rng(21)
+    n, c = 5, 8209
+    x = (rng.normal(size=(n, c)) * 4).astype(dtype)
+    opts = dict(opts)
+    if opts.get("weight") == "w":
+        opts["weight"] = (rng.random(c) + 0.1).astype(np.float64 if storage == "float64" else np.float32)
+    if kind == "index":
+        t = rng.integers(0, c, n)
+        if "ignore_index" in opts:
+            t[2] = -100
+    else:
+        opts.pop("ignore_index", None)
+        t = rng.dirichlet(np.ones(c), n).astype(np.float64 if storage == "float64" else np.float32)
+    crossent.set_num_threads(1)
+    try:
+        loss, grad = crossent.softmax_cross_entropy_value_and_grad(x, t, **opts)
+        assert _kernels.kernel_info()["last_path"].startswith("kernel")
+        if opts.get("reduction", "none") == "none":
+            alone = [crossent.softmax_cross_entropy_value_and_grad(x[i:i + 1], t[i:i + 1], **opts)
+                     for i in range(n)]
+            np.testing.assert_array_equal(np.asarray(loss), np.concatenate([a[0] for a in alone]))
+            np.testing.assert_array_equal(np.asarray(grad).view(np.uint8),
+                                          np.concatenate([np.asarray(a[1]) for a in alone]).view(np.uint8))
+    finally:
+        crossent.set_num_threads(None)
+    with reference_only(monkeypatch):
+        ref, rgrad = crossent.softmax_cross_entropy_value_and_grad(x, t, **opts)
+    assert_close(loss, ref, np.float32 if storage != "float64" else np.float64)
+    if storage == "bfloat16":
+        np.testing.assert_allclose(np.asarray(grad, np.float64), np.asarray(rgrad, np.float64),
+                                   rtol=1e-2, atol=1e-3)
+    else:
+        assert_close(grad, rgrad, dtype)
+
+
 @pytest.mark.parametrize("storage", ["float32", "bfloat16"])
 def test_big_gradients_written_with_streaming_stores_equal_the_cached_path(storage):
     """A gradient of 16 MiB or more is written with streaming (non-temporal) stores; odd C:

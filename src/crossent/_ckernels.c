@@ -784,6 +784,9 @@ INLINE double sum_value(const Sum *a) {
 #ifndef SUM_BLOCK
 #define SUM_BLOCK (16 * L32)
 #endif
+#ifndef PIPELINE_MIN_BYTES
+#define PIPELINE_MIN_BYTES 16384 /* rows this long overlap their gradient pass with the next row */
+#endif
 #ifndef NEAR_PREFETCH_BYTES
 #define NEAR_PREFETCH_BYTES 8192 /* rows up to this long: the next one prefetched into L1 */
 #endif
@@ -970,7 +973,9 @@ static void *run_task(void *arg) {
     size_t n = (size_t)(pb->n_cols > 0 ? pb->n_cols : 1) * (small ? TILE : 1);
     /* stats: two 64-byte vectors per block of SUM_BLOCK (ROW_EXPSUM) */
     size_t ns = 2 * (size_t)((pb->n_cols + SUM_BLOCK - 1) / SUM_BLOCK + 1);
-    void *zbuf = malloc(n * esz), *ebuf = malloc(n * esz), *stats = aligned_alloc(64, ns * 64);
+    /* ebuf: two rows for ROWS (one row's gradient pass overlaps the next row's exps) */
+    void *zbuf = malloc(n * esz), *ebuf = malloc(n * esz * (small ? 1 : 2));
+    void *stats = aligned_alloc(64, ns * 64);
     row_kernel k = NULL;
     switch (pb->dtype) {
     case DT_F32: k = small ? (row_kernel)tiles_f32 : (row_kernel)rows_f32; break;

@@ -30,6 +30,9 @@
 #define BLOCK_WSUM CAT(block_wsum, SUFFIX)
 #define ROW_GRAD CAT(row_grad, SUFFIX)
 #define ROW_GRAD_CHUNK CAT(row_grad_chunk, SUFFIX)
+#define PEND CAT(pending, SUFFIX)
+#define PEND_STEP CAT(pending_step, SUFFIX)
+#define GRAD_CHUNK_END CAT(grad_chunk_end, SUFFIX)
 #define WIDE_PHASE CAT(wide_phase, SUFFIX)
 #define WIDE_ROWS CAT(wide_rows, SUFFIX)
 #define USE_ZBUF CAT(use_zbuf, SUFFIX)
@@ -248,14 +251,45 @@ INLINE int ROW_SHIFT(T row_max, const T *lse_in_r, T *m) {
     return !finite || !isfinite(*m);
 }
 
+/* The previous row's gradient pass, done a slice at a time during the next row's exp
+ * pass: its stores then stream out while the exps are computed instead of after them
+ * (pass 3 alone is bound by the memory's write bandwidth, pass 2 by arithmetic). */
+typedef struct {
+    const T *z, *qrow;
+    T *ebuf;
+    char *grow; /* NULL: nothing pending */
+    T pc, gr, target;
+    int64_t yi;
+    Py_ssize_t at; /* columns [0, at) done */
+} PEND;
+
+INLINE void ROW_GRAD_CHUNK(const Problem *pb, const T *restrict z, const T *restrict qrow,
+                           T *restrict ebuf, char *grow, Py_ssize_t c0, Py_ssize_t c1, T pc,
+                           T gr, int64_t yi, T target);
+INLINE Py_ssize_t GRAD_CHUNK_END(const char *grow, Py_ssize_t c, Py_ssize_t c1);
+
+/* the pending row's gradient: the chunks (GRAD_CHUNK_END) that end by column `upto` */
+INLINE void PEND_STEP(const Problem *pb, PEND *p, Py_ssize_t upto) {
+    if (!p || !p->grow) return;
+    const Py_ssize_t C = pb->n_cols;
+    while (p->at < C) {
+        const Py_ssize_t e = GRAD_CHUNK_END(p->grow, p->at, C);
+        if (e > upto && upto < C) break;
+        ROW_GRAD_CHUNK(pb, p->z, p->qrow, p->ebuf, p->grow, p->at, e, p->pc, p->gr, p->yi,
+                       p->target);
+        p->at = e;
+    }
+    if (p->at >= C) p->grow = NULL;
+}
+
 /* Passes 1 and 2 over a row: the shift m (the maximum, or the saved lse), the sum of the
  * non-maximal exponentials (rest) and the number of maximal terms (top). `stats` holds two
  * vectors per block of SUM_BLOCK (BLOCK_STATS). A row whose maximum is not finite (+inf, all -inf, all
  * NaN) shifts by 0, as crossent._reference does, and uses the general exp. */
-INLINE void ROW_EXPSUM(const char *src, const int from_t, Py_ssize_t C, const T *lse_in_r,
-                       const int want_e, T *restrict ebuf, VT *restrict stats, T *m_out,
-                       double *rest_out, double *top_out, const char *next,
-                       const char *near) {
+INLINE void ROW_EXPSUM(const Problem *pb, const char *src, const int from_t, Py_ssize_t C,
+                       const T *lse_in_r, const int want_e, T *restrict ebuf,
+                       VT *restrict stats, T *m_out, double *rest_out, double *top_out,
+                       const char *next, const char *near, PEND *pend) {
     const Py_ssize_t nb = (C + SUM_BLOCK - 1) / SUM_BLOCK;
     VT vmax = (VT){0} - (T)INFINITY;
     for (Py_ssize_t k = 0; k < nb; k++) {
@@ -274,6 +308,7 @@ INLINE void ROW_EXPSUM(const char *src, const int from_t, Py_ssize_t C, const T 
                     ebuf, &br, &bt, next, near);
         WIDEN_ADD(rest, br);
         top += bt;
+        PEND_STEP(pb, pend, (k + 1) * SUM_BLOCK);
     }
     *m_out = m;
     *rest_out = hsum_f64(rest[0] + rest[1]);
@@ -363,18 +398,23 @@ INLINE void ROW_GRAD_CHUNK(const Problem *pb, const T *restrict z, const T *rest
     for (Py_ssize_t c = c0; c < c1; c++) STORE(grow, c, ebuf[c]);
 }
 
+/* where the gradient pass's chunk starting at column c ends: GRAD_CHUNK_BYTES of ebuf,
+ * ending on a 64-byte boundary of the gradient so that streaming stores write whole lines
+ * (only the row's ends are partial). Every caller cuts a row at the same columns: a row's
+ * bits then do not depend on who wrote it when (the vector loops' scalar remainders
+ * may round differently from their vector bodies). */
+INLINE Py_ssize_t GRAD_CHUNK_END(const char *grow, Py_ssize_t c, Py_ssize_t c1) {
+    const uintptr_t at = (uintptr_t)(grow + c * STORAGE_SIZE);
+    const uintptr_t end = (at + GRAD_CHUNK_BYTES / sizeof(T) * STORAGE_SIZE) & ~(uintptr_t)63;
+    const Py_ssize_t e = c + (Py_ssize_t)((end - at) / STORAGE_SIZE);
+    return (e > c1 || e <= c) ? c1 : e;
+}
+
 INLINE void ROW_GRAD(const Problem *pb, const T *restrict z, const T *restrict qrow,
                      T *restrict ebuf, char *grow, Py_ssize_t c0, Py_ssize_t c1, T pc, T gr,
                      int64_t yi, T target) {
-    /* chunks of GRAD_CHUNK_BYTES of ebuf that end on a 64-byte boundary of the gradient,
-       so that streaming stores write whole lines (only the row's ends are partial) */
-    enum { CH = GRAD_CHUNK_BYTES / sizeof(T) };
-    Py_ssize_t c = c0;
-    while (c < c1) {
-        const uintptr_t at = (uintptr_t)(grow + c * STORAGE_SIZE);
-        const uintptr_t end = (at + CH * STORAGE_SIZE) & ~(uintptr_t)63;
-        Py_ssize_t e = c + (Py_ssize_t)((end - at) / STORAGE_SIZE);
-        if (e > c1 || e <= c) e = c1;
+    for (Py_ssize_t c = c0; c < c1;) {
+        const Py_ssize_t e = GRAD_CHUNK_END(grow, c, c1);
         ROW_GRAD_CHUNK(pb, z, qrow, ebuf, grow, c, e, pc, gr, yi, target);
         c = e;
     }
@@ -439,6 +479,12 @@ static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
     const size_t esz = elsize(pb->dtype);
     const Py_ssize_t row_bytes = C * (Py_ssize_t)esz;
     const Py_ssize_t ahead = row_bytes >= PREFETCH_BYTES ? 1 : PREFETCH_BYTES / row_bytes;
+    /* the gradient pass of row r runs during the exp pass of row r + 1 (PEND), from the
+       second half of ebuf; not with zbuf (it would be overwritten by then), nor for short
+       rows (at C = 1000 the slicing cost more than the overlap gained: +8 %) */
+    const int pipe = want_grad && !use_zbuf && row_bytes >= PIPELINE_MIN_BYTES;
+    PEND pend;
+    memset(&pend, 0, sizeof pend);
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;
         const T *restrict z = STORAGE_IS_T ? (const T *)xrow : NULL;
@@ -456,10 +502,13 @@ static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         const char *near = ahead > 1 && row_bytes <= NEAR_PREFETCH_BYTES && r + 1 < r1
                                ? xrow + pb->row_stride * esz
                                : NULL;
-        if (z) ROW_EXPSUM((const char *)z, 1, C, lse_in ? lse_in + r : NULL, want_grad, ebuf,
-                          stats, &m, &rest, &top, next, near);
-        else ROW_EXPSUM(xrow, 0, C, lse_in ? lse_in + r : NULL, want_grad, ebuf, stats, &m,
-                        &rest, &top, next, near);
+        T *restrict eb = pipe ? ebuf + (r & 1) * C : ebuf;
+        PEND *pp = pipe ? &pend : NULL;
+        if (z) ROW_EXPSUM(pb, (const char *)z, 1, C, lse_in ? lse_in + r : NULL, want_grad, eb,
+                          stats, &m, &rest, &top, next, near, pp);
+        else ROW_EXPSUM(pb, xrow, 0, C, lse_in ? lse_in + r : NULL, want_grad, eb, stats, &m,
+                        &rest, &top, next, near, pp);
+        PEND_STEP(pb, pp, C);
         Sum sw = {0, 0}, swz = {0, 0};
         const T *restrict qrow = soft ? (const T *)pb->q + (size_t)r * C : NULL;
         const int64_t yi = soft ? 0 : pb->y[r];
@@ -476,8 +525,13 @@ static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         T pc, gr, target;
         if (!ROW_FINISH(pb, r, xrow, z, m, rest, top, &sw, &swz, &pc, &gr, &target)) continue;
         char *grow = pb->grad + (size_t)r * pb->grad_stride * esz;
-        ROW_GRAD(pb, z, qrow, ebuf, grow, 0, C, pc, gr, yi, target);
+        if (pipe) {
+            pend = (PEND){z, qrow, eb, grow, pc, gr, target, yi, 0};
+        } else {
+            ROW_GRAD(pb, z, qrow, ebuf, grow, 0, C, pc, gr, yi, target);
+        }
     }
+    PEND_STEP(pb, pipe ? &pend : NULL, C);
 }
 
 /* Rows fewer than threads (and wide): the class axis of each row split over the threads,
@@ -1111,6 +1165,9 @@ static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t r1,
 #undef TILE_WSUM
 #undef TILE_QCOL
 #undef ROW_GRAD_CHUNK
+#undef PEND
+#undef PEND_STEP
+#undef GRAD_CHUNK_END
 #undef ROWS
 #undef TILES
 #undef FINISH
