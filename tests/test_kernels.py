@@ -516,30 +516,39 @@ def test_probability_kernel_reports_the_exact_bad_element():
 
 # ------------------------------------------------------- wide rows: the class axis split
 
+def _row_problem(storage, opts, kind, n, c, seed, ignored_row):
+    """(logits, targets, options) for the row-kernel tests: logits in `storage`, class
+    indices (one row ignored where the options have ignore_index) or soft targets, and a
+    class weight drawn where the options ask for one."""
+    if storage == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    else:
+        dtype = np.dtype(storage)
+    ftype = np.float64 if storage == "float64" else np.float32
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(n, c)) * 4).astype(dtype)
+    opts = dict(opts)
+    if opts.get("weight") == "w":
+        opts["weight"] = (rng.random(c) + 0.1).astype(ftype)
+    if kind == "index":
+        t = rng.integers(0, c, n)
+        if "ignore_index" in opts:
+            t[ignored_row] = -100
+    else:
+        opts.pop("ignore_index", None)
+        t = rng.dirichlet(np.ones(c), n).astype(ftype)
+    return x, t, opts
+
+
 @pytest.mark.parametrize("storage", ["float32", "float64", "bfloat16"])
 @pytest.mark.parametrize("opts", OPTIONS[1:] + [dict()], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 @pytest.mark.parametrize("kind", ["index", "soft"])
 def test_wide_rows_split_over_threads_give_the_same_bits(monkeypatch, storage, opts, kind):
     """Fewer rows than threads: each row's classes are split over the threads; loss and
     gradient must be bit for bit those of one thread (the partial sums combine in order)."""
-    if storage == "bfloat16":
-        dtype = pytest.importorskip("ml_dtypes").bfloat16
-    else:
-        dtype = np.dtype(storage)
-    rng = np.random.default_rng(5)
-    n, c = 3, 5003  # classes not a multiple of the block (128) nor of the vector width
-    x = (rng.normal(size=(n, c)) * 4).astype(dtype)
+    # classes not a multiple of the block (256) nor of the vector width
+    x, t, opts = _row_problem(storage, opts, kind, n=3, c=5003, seed=5, ignored_row=1)
     x[0, 17] = -np.inf
-    opts = dict(opts)
-    if opts.get("weight") == "w":
-        opts["weight"] = (rng.random(c) + 0.1).astype(np.float64 if storage == "float64" else np.float32)
-    if kind == "index":
-        t = rng.integers(0, c, n)
-        if "ignore_index" in opts:
-            t[1] = -100
-    else:
-        opts.pop("ignore_index", None)
-        t = rng.dirichlet(np.ones(c), n).astype(np.float64 if storage == "float64" else np.float32)
     monkeypatch.setattr(_kernels, "_WIDE_MIN_CLASSES", 1000)
     results = {}
     for threads in (1, 4):
@@ -580,23 +589,8 @@ def test_gradient_pass_overlapped_with_the_next_row_gives_each_rows_own_bits(mon
     """Rows of 16 KB or more: row r's gradient is written while row r + 1's exps are
     computed. Every row must get the bits it gets computed alone, and match the reference;
     an odd C puts the rows at every alignment."""
-    if storage == "bfloat16":
-        dtype = pytest.importorskip("ml_dtypes").bfloat16
-    else:
-        dtype = np.dtype(storage)
-    rng = np.random.default_rng(21)
-    n, c = 5, 8209
-    x = (rng.normal(size=(n, c)) * 4).astype(dtype)
-    opts = dict(opts)
-    if opts.get("weight") == "w":
-        opts["weight"] = (rng.random(c) + 0.1).astype(np.float64 if storage == "float64" else np.float32)
-    if kind == "index":
-        t = rng.integers(0, c, n)
-        if "ignore_index" in opts:
-            t[2] = -100
-    else:
-        opts.pop("ignore_index", None)
-        t = rng.dirichlet(np.ones(c), n).astype(np.float64 if storage == "float64" else np.float32)
+    n = 5
+    x, t, opts = _row_problem(storage, opts, kind, n=n, c=8209, seed=21, ignored_row=2)
     crossent.set_num_threads(1)
     try:
         loss, grad = crossent.softmax_cross_entropy_value_and_grad(x, t, **opts)
@@ -616,7 +610,7 @@ def test_gradient_pass_overlapped_with_the_next_row_gives_each_rows_own_bits(mon
         np.testing.assert_allclose(np.asarray(grad, np.float64), np.asarray(rgrad, np.float64),
                                    rtol=1e-2, atol=1e-3)
     else:
-        assert_close(grad, rgrad, dtype)
+        assert_close(grad, rgrad, x.dtype)
 
 
 @pytest.mark.parametrize("storage", ["float32", "bfloat16"])
