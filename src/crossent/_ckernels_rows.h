@@ -90,8 +90,9 @@ INLINE T GRAD_TARGET(const Problem *pb, T s_y, T lse_s, T w_y, T coef, T gr) {
 }
 
 /* Pass 1 over one block of a row: its maximum (NaN ignored: a NaN reaches the sum
- * through exp and makes the row's loss NaN) and its least finite value (the block may use
- * the fast exp when every finite s = z - m is above FAST_EXP_MIN), each as a vector whose
+ * through exp and makes the row's loss NaN) and, where the fast exp is not exact
+ * everywhere (!EXPNEG_EXACT: builds without AVX-512), its least finite value (the block
+ * may use the fast exp when every finite s = z - m is above FAST_EXP_MIN), each as a vector whose
  * lanes hold the statistic of every VL-th element: pass 2 tests them lane-wise, with no
  * horizontal reduction per block (those were a tenth of the forward's time at C = 1000). */
 INLINE void BLOCK_STATS(const char *src, const int from_t, Py_ssize_t c0, Py_ssize_t c1,
