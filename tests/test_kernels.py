@@ -254,15 +254,31 @@ def _ulps32(got: np.ndarray, exact: np.ndarray) -> np.ndarray:
 
 
 def _all_float32_between(lo: float, hi: float, stride: int) -> np.ndarray:
-    """Every `stride`-th float32 in [lo, hi] (stride 1 = all of them), both signs handled."""
+    """Every `stride`-th float32 in [lo, hi] (stride 1 = all of them): the negative ones
+    from -0.0 outwards and the non-negative ones from +0.0 up, each by its bit pattern
+    (both zeros are in the range when zero is)."""
     bits = []
-    for a, b in [(lo, min(hi, -0.0)), (max(lo, 0.0), hi)]:
-        if a > b:
-            continue
-        ia, ib = np.float32(a).view(np.int32), np.float32(b).view(np.int32)
-        lo_b, hi_b = sorted((int(ia), int(ib)))
-        bits.append(np.arange(lo_b, hi_b + 1, stride, dtype=np.int64).astype(np.int32))
+    if lo <= 0.0:  # the negative side: bit patterns grow with the magnitude
+        near, far = np.float32(min(hi, -0.0)), np.float32(lo)
+        if near <= 0.0:
+            a, b = int(near.view(np.uint32)) | 0x80000000, int(far.view(np.uint32)) | 0x80000000
+            bits.append(np.arange(a, b + 1, stride, dtype=np.uint32))
+    if hi >= 0.0:
+        a = int(np.float32(max(lo, 0.0)).view(np.uint32)) & 0x7FFFFFFF
+        b = int(np.float32(hi).view(np.uint32)) & 0x7FFFFFFF
+        bits.append(np.arange(a, b + 1, stride, dtype=np.uint32))
     return np.concatenate(bits).view(np.float32)
+
+
+def test_all_float32_between_handles_zero_ends():
+    # regression: hi = -0.0 or +0.0 made a segment of 2^31 bit patterns (or NaNs)
+    assert np.array_equal(_all_float32_between(-1e-45, 0.0, 1).view(np.uint32),
+                          np.array([0x80000000, 0x80000001, 0], dtype=np.uint32))
+    got = _all_float32_between(-1e-44, -0.0, 1)  # -0.0 and 7 subnormals, and +0.0
+    assert np.array_equal(got.view(np.uint32),
+                          np.array([0x80000000 + i for i in range(8)] + [0], dtype=np.uint32))
+    x = _all_float32_between(-104.0, 88.72, 61)
+    assert x.min() >= -104.0 and x.max() <= 88.72 and not np.isnan(x).any()
 
 
 def _elementwise(name: str, x: np.ndarray) -> np.ndarray:
