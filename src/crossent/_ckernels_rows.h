@@ -45,6 +45,7 @@
 #define TILE_GRAD CAT(tile_grad, SUFFIX)
 #define TILE_WSUM CAT(tile_wsum, SUFFIX)
 #define TILE_QCOL CAT(tile_qcol, SUFFIX)
+#define TILE_ACOL CAT(tile_acol, SUFFIX)
 
 /* The per-row epilogue: loss and lse from the row statistics; returns the gradient's
  * softmax coefficient (A in crossent._reference.softmax_grad_index). */
@@ -670,6 +671,20 @@ INLINE void TILE_QCOL(const Problem *pb, Py_ssize_t r, int nb, Py_ssize_t c, T *
     for (int b = 0; b < TILE; b++) qc[b] = (q && b < nb) ? q[(size_t)(r + b) * pb->n_cols + c] : 0;
 }
 
+/* column c of a tile's target weights, a lane per row: ((1 - eps) q + eps / C) w_c with
+ * soft targets, base w_c without (base 1: the smoothing sums; eps / C: the gradient's
+ * smoothing term) */
+INLINE void TILE_ACOL(const Problem *pb, Py_ssize_t r, int nb, Py_ssize_t c, T base, T *a) {
+    const T *restrict w = (const T *)pb->w;
+    const T eps = (T)pb->label_smoothing, qeps = eps / (T)pb->n_cols, qkeep = 1 - eps;
+    const int soft = pb->q != NULL;
+    const T wc = w ? w[c] : 1;
+    T qc[TILE];
+    TILE_QCOL(pb, r, nb, c, qc);
+#pragma omp simd
+    for (int b = 0; b < TILE; b++) a[b] = soft ? (qkeep * qc[b] + qeps) * wc : base * wc;
+}
+
 #if VL == TILE
 /* The gradient of a tile, one row per lane, column by column in registers; the same code
  * for full and partial tiles, so a row's gradient does not depend on its neighbours. */
@@ -776,20 +791,15 @@ INLINE void TILE_GRAD(const Problem *pb, Py_ssize_t r, int nb, Py_ssize_t C,
 INLINE void TILE_WSUM(const Problem *pb, Py_ssize_t r, int nb, const T *restrict zbuf,
                       const T *m, T *sw, T *swz) {
     const Py_ssize_t C = pb->n_cols;
-    const T *restrict w = (const T *)pb->w;
-    const int soft = pb->q != NULL;
-    const T eps = (T)pb->label_smoothing, qeps = eps / (T)C, qkeep = 1 - eps;
     for (int b = 0; b < TILE; b++) sw[b] = swz[b] = 0;
     for (Py_ssize_t c = 0; c < C; c++) {
-        const T wc = w ? w[c] : 1;
-        T qc[TILE];
-        TILE_QCOL(pb, r, nb, c, qc);
+        T a[TILE];
+        TILE_ACOL(pb, r, nb, c, 1, a);
 #pragma omp simd
         for (int b = 0; b < TILE; b++) {
-            T a = soft ? (qkeep * qc[b] + qeps) * wc : wc;
             T d = m[b] - zbuf[c * TILE + b];
-            swz[b] += (a == 0 && (d == INFINITY || d == -INFINITY)) ? 0 : a * d;
-            sw[b] += a;
+            swz[b] += (a[b] == 0 && (d == INFINITY || d == -INFINITY)) ? 0 : a[b] * d;
+            sw[b] += a[b];
         }
     }
 }
@@ -1026,7 +1036,7 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
 #if VL == TILE
         TILE_GRAD(pb, r, nb, C, zbuf, ebuf, m, lse_s, coef, gr, z_y, w_y, yi, ign);
 #else
-        const T qeps = eps / (T)C, qkeep = 1 - eps;
+        const T qeps = eps / (T)C;
         T pc[TILE];
         for (int k = 0; k < TILE / VL; k++) { /* the vector exp: the scalar one's table lookup
                                                   does not vectorise */
@@ -1038,13 +1048,11 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
             memcpy(pc + k * VL, &vl, sizeof vl);
         }
         for (Py_ssize_t c = 0; c < C; c++) {
-            const T wc = w ? w[c] : 1;
-            T qc[TILE];
-            TILE_QCOL(pb, r, nb, c, qc);
+            T sub[TILE];
+            TILE_ACOL(pb, r, nb, c, qeps, sub);
 #pragma omp simd
             for (int b = 0; b < TILE; b++) {
-                T sub = soft ? (qkeep * qc[b] + qeps) * wc : qeps * wc;
-                T d = ebuf[c * TILE + b] * pc[b] - sub * gr[b];
+                T d = ebuf[c * TILE + b] * pc[b] - sub[b] * gr[b];
                 if (cap > 0) {
                     T t = zbuf[c * TILE + b] / cap;
                     d *= (1 - t * t);
@@ -1165,6 +1173,7 @@ static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t r1,
 #undef TILE_GRAD
 #undef TILE_WSUM
 #undef TILE_QCOL
+#undef TILE_ACOL
 #undef ROW_GRAD_CHUNK
 #undef PEND
 #undef PEND_STEP
