@@ -780,3 +780,41 @@ def test_example_main_prints_both_curves(capsys: Any) -> None:
     _example().main(["--epochs", "1"])
     out = capsys.readouterr().out
     assert "torch.nn.functional" in out and "crossent.torch" in out and "test accuracy" in out
+
+
+@pytest.mark.skipif(not KERNELS, reason="C kernels not built")
+@pytest.mark.parametrize("c", [7, 300])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reduced_backward_reads_one_upstream_value(monkeypatch: pytest.MonkeyPatch, c: int,
+                                                   reduction: str) -> None:
+    """A reduced loss's backward hands the kernel one value expanded over the rows (stride
+    0); the kernel reads it in place (no copy with N entries per step) and must give the
+    bits that the same values as a per-row tensor give."""
+    seen: list[Any] = []
+    original = ce_mod._kernel_backward
+
+    def spy(xr, y, q, w, lse, g, plan, grad):  # type: ignore[no-untyped-def]
+        seen.append((g.stride(0), g.detach().clone().contiguous()))
+        original(xr, y, q, w, lse, g, plan, grad)
+
+    monkeypatch.setattr(ce_mod, "_kernel_backward", spy)
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(45, c, generator=gen) * 3).requires_grad_()
+    y = torch.randint(0, c, (45,), generator=gen)
+    y[4] = -100
+    w = torch.rand(c, generator=gen)
+    with path("kernel"):
+        cross_entropy(x, y, w, reduction=reduction, label_smoothing=0.1).backward()
+        assert _kernels._last_path == "torch kernel (float32)"
+    assert len(seen) == 1 and seen[0][0] == 0
+    per_row = seen[0][1]
+    assert per_row.stride(0) == 1
+    x2 = x.detach().clone().requires_grad_()
+    with path("kernel"):
+        loss = cross_entropy(x2, y, w, reduction="none", label_smoothing=0.1)
+        loss.backward(per_row)
+    assert seen[1][0] == 1
+    assert torch.equal(x.grad.view(torch.int32), x2.grad.view(torch.int32))
+    ref = x.detach().clone().requires_grad_()
+    F.cross_entropy(ref, y, w, reduction=reduction, label_smoothing=0.1).backward()
+    torch.testing.assert_close(x.grad, ref.grad, rtol=1e-5, atol=1e-7)

@@ -216,12 +216,16 @@ class _Problem:
             return value / denom if denom != 0.0 else value * float("nan")
         return self.xp.where(denom == 0.0, float("nan"), value / denom)
 
-    def upstream(self, grad_output: Any) -> Any:
-        """Per-example weight ``g_i`` of the gradient of the reduced loss."""
+    def upstream(self, grad_output: Any, *, full: bool = True) -> Any:
+        """Per-example weight ``g_i`` of the gradient of the reduced loss.
+
+        ``full=False``: only broadcastable to the example shape (one value for a reduced
+        loss), and not yet zeroed for ignored examples (the kernels skip those rows).
+        """
         xp = self.xp
         shape = self.example_shape
         if grad_output is None:
-            g = xp.ones(shape, dtype=self.dtype, device=_device(self.input))
+            g = xp.ones(shape if full else (), dtype=self.dtype, device=_device(self.input))
         else:
             go = as_array_like(xp, self.input, grad_output, "grad_output")
             if not xp.isdtype(go.dtype, ("real floating", "integral")):
@@ -241,9 +245,13 @@ class _Problem:
                     value=tuple(go.shape),
                     expected="()",
                 )
-            g = xp.broadcast_to(xp.astype(go, self.dtype, copy=False), shape)
+            g = xp.astype(go, self.dtype, copy=False)
+            if full:
+                g = xp.broadcast_to(g, shape)
         if self.reduction == "mean":
             g = self.per_denominator(g)
+        if not full:
+            return g
         if self.ignored is not None:
             g = xp.where(self.ignored, 0.0, g)
         return g

@@ -682,6 +682,8 @@ typedef struct {
     double w_sum;           /* sum of w (or n_cols) */
     char *loss, *lse;       /* per-row outputs (compute dtype) */
     const char *g;          /* per-row upstream gradient (compute dtype), or NULL: no grad */
+    Py_ssize_t g_stride;    /* elements between rows' g; 0: one value for every row (a
+                               reduced loss's 1/N), so no N-sized array is built per call */
     const char *lse_in;     /* per-row lse from the forward pass (compute dtype), or NULL:
                                then the gradient needs no max/sum pass (autograd backward) */
     char *grad;             /* gradient (storage dtype), rows of n_cols, stride grad_stride */
@@ -1130,11 +1132,16 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     unsigned long long x, y, q, w, loss, lse, g, grad, lse_in = 0;
     memset(&pb, 0, sizeof pb);
     pb.wide_min = (Py_ssize_t)1 << 18;
-    if (!PyArg_ParseTuple(args, "iKnnnKKKddddKKKKni|Kn", &pb.dtype, &x, &pb.n_rows, &pb.n_cols,
+    pb.g_stride = 1;
+    if (!PyArg_ParseTuple(args, "iKnnnKKKddddKKKKni|Knn", &pb.dtype, &x, &pb.n_rows, &pb.n_cols,
                           &pb.row_stride, &y, &q, &w, &pb.label_smoothing, &pb.z_loss,
                           &pb.softcap, &pb.w_sum, &loss, &lse, &g, &grad, &pb.grad_stride,
-                          &pb.n_threads, &lse_in, &pb.wide_min))
+                          &pb.n_threads, &lse_in, &pb.wide_min, &pb.g_stride))
         return NULL;
+    if (pb.g_stride != 0 && pb.g_stride != 1) {
+        PyErr_SetString(PyExc_ValueError, "g_stride must be 0 (one value) or 1 (per row)");
+        return NULL;
+    }
     if (lse_in && (!g || !grad)) {
         PyErr_SetString(PyExc_ValueError, "a saved lse is only used to compute the gradient");
         return NULL;

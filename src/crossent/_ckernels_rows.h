@@ -465,7 +465,7 @@ INLINE int ROW_FINISH(const Problem *pb, Py_ssize_t r, const char *xrow, const T
                (size_t)pb->n_cols * elsize(pb->dtype));
         return 0;
     }
-    *gr = ((const T *)pb->g)[r];
+    *gr = ((const T *)pb->g)[r * pb->g_stride];
     *pc = EXP(-lse_s) * coef * *gr;
     *target = soft ? 0 : GRAD_TARGET(pb, z_y - m, lse_s, w_y, coef, *gr);
     return 1;
@@ -1031,7 +1031,8 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         if (pb->loss) memcpy((T *)pb->loss + r, loss_t, (size_t)nb * sizeof(T));
         if (pb->lse) memcpy((T *)pb->lse + r, lse_t, (size_t)nb * sizeof(T));
         if (!want_grad) continue;
-        for (int b = 0; b < nb; b++) gr[b] = ign[b] ? 0 : ((const T *)pb->g)[r + b];
+        for (int b = 0; b < nb; b++)
+            gr[b] = ign[b] ? 0 : ((const T *)pb->g)[(r + b) * pb->g_stride];
         for (int b = nb; b < TILE; b++) coef[b] = lse_s[b] = gr[b] = 0;
 #if VL == TILE
         TILE_GRAD(pb, r, nb, C, zbuf, ebuf, m, lse_s, coef, gr, z_y, w_y, yi, ign);

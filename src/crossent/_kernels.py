@@ -195,6 +195,7 @@ def launch(
     z_loss: float = 0.0,
     softcap: float | None = None,
     g_ptr: int = 0,
+    g_stride: int = 1,
     grad_ptr: int = 0,
     grad_stride: int | None = None,
     lse_in_ptr: int = 0,
@@ -206,7 +207,8 @@ def launch(
     ``n_cols`` contiguous elements, ``row_stride`` elements apart. ``y``: int64 class
     indices, -1 for ignored rows; or ``q``: soft targets, contiguous rows in the compute
     dtype (float64 for float64 storage, else float32), as are ``w``, the per-row upstream
-    gradient ``g`` and the outputs ``loss`` and ``lse``. With ``lse_in`` (the forward pass's
+    gradient ``g`` (``g_stride=0``: one value for every row) and the outputs ``loss`` and
+    ``lse``. With ``lse_in`` (the forward pass's
     lse) only the gradient is computed, in one read of ``x`` and one write of the gradient;
     ``loss`` and ``lse`` may then be 0 (not written).
     Rows are split over threads; with fewer rows than threads, each row's class axis is
@@ -235,6 +237,7 @@ def launch(
         _threads(n_rows * n_cols) if n_threads is None else n_threads,
         lse_in_ptr,
         _WIDE_MIN_CLASSES,
+        g_stride,
     )
 
 
@@ -314,8 +317,15 @@ def softmax_ce(
     loss = _loss_buffer(n_rows, kernel_dtype, keep=p.reduction == "none")
     lse = np.empty(n_rows, dtype=kernel_dtype) if want_lse else None
     g = grad = None
+    g_stride = 1
     if with_grad:
-        g = np.ascontiguousarray(p.upstream(grad_output), dtype=kernel_dtype).reshape(-1)
+        # a reduced loss's upstream (1/N, or grad_output / denominator) is one value: the
+        # kernel reads it with stride 0 rather than from an N-sized array built per call
+        # (whose fresh pages cost more than the 1M x 10 gradient pass itself on this VM)
+        g = np.asarray(p.upstream(grad_output, full=False), dtype=kernel_dtype)
+        g_stride = 0 if g.size == 1 else 1
+        g = g.reshape(1) if g.size == 1 else np.ascontiguousarray(
+            np.broadcast_to(g, p.example_shape)).reshape(-1)
         grad = None
         if out is not None:
             # write straight into the caller's buffer when its rows can be addressed
@@ -341,6 +351,7 @@ def softmax_ce(
         loss_ptr=loss.ctypes.data,
         lse_ptr=0 if lse is None else lse.ctypes.data,
         g_ptr=0 if g is None else g.ctypes.data,
+        g_stride=g_stride,
         grad_ptr=0 if grad is None else grad.ctypes.data,
     )
     _note(f"kernel ({x.dtype.name})")

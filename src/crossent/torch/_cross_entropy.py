@@ -208,20 +208,22 @@ def _kernel_forward(xr, y, q, w, plan):  # type: ignore[no-untyped-def]
 
 def _kernel_backward(xr, y, q, w, lse, g, plan, grad):  # type: ignore[no-untyped-def]
     n_rows, n_classes = xr.shape
+    # A reduced loss's upstream reaches here as one value expanded over the rows (stride
+    # 0): the kernel reads it with stride 0 instead of from a copy with N entries (fresh
+    # pages on every step). No g: only the lse output is differentiated, g = 0.
     if g is None:
-        g = torch.zeros(n_rows, dtype=plan.cdt)
-    g = g.to(plan.cdt).contiguous()
-    # the kernel also rewrites loss and lse: scratch buffers (named, so that they live on)
-    loss_out = torch.empty(n_rows, dtype=plan.cdt)
-    lse_out = torch.empty(n_rows, dtype=plan.cdt)
+        g = torch.zeros((), dtype=plan.cdt).expand(n_rows)
+    g = g.to(plan.cdt)
+    g_stride = 0 if g.stride(0) == 0 else 1
+    if g_stride:
+        g = g.contiguous()
+    # with the forward's lse the kernel writes the gradient only (loss and lse not stored)
     _kernels.launch(
         plan.code,
         xr.data_ptr(),
         n_rows,
         n_classes,
         xr.stride(0),
-        loss_ptr=loss_out.data_ptr(),
-        lse_ptr=lse_out.data_ptr(),
         y_ptr=_ptr(y),
         q_ptr=_ptr(q),
         w_ptr=_ptr(w),
@@ -230,6 +232,7 @@ def _kernel_backward(xr, y, q, w, lse, g, plan, grad):  # type: ignore[no-untype
         z_loss=plan.z_loss,
         softcap=plan.softcap,
         g_ptr=g.data_ptr(),
+        g_stride=g_stride,
         grad_ptr=grad.data_ptr(),
         grad_stride=grad.stride(0),
         lse_in_ptr=lse.data_ptr(),
