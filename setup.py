@@ -40,7 +40,8 @@ import platform
 # old Clang) leaves the level below in charge.
 X86 = platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32"
 KERNEL_SOURCES = dict(sources=["src/crossent/_ckernels.c"],
-                      depends=["src/crossent/_ckernels_rows.h"], optional=True)
+                      depends=["src/crossent/_ckernels_rows.h", "src/crossent/_ckernels_pool.h"],
+                      optional=True)
 
 
 def kernels(name: str, march: str | None, vbytes: int) -> Extension:

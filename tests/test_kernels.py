@@ -204,6 +204,106 @@ def test_thread_counts_give_identical_results():
         np.testing.assert_array_equal(grad, outs[0][1])
 
 
+# ------------------------------------------------------- the thread pool
+
+@pytest.mark.parametrize("n, c", [(4099, 10), (300, 257), (40, 3000)])
+@pytest.mark.parametrize("opts", [dict(), dict(label_smoothing=0.1, z_loss=1e-3, softcap=5.0)])
+def test_rows_claimed_by_the_pools_threads_give_one_threads_bits(n, c, opts):
+    """Rows are split into items that whichever thread is free claims: every row must get
+    the one-thread bits (tile and row kernels, forward and gradient), for any thread count,
+    more threads than cores included."""
+    rng = np.random.default_rng(11)
+    x = (rng.normal(size=(n, c)) * 3).astype(np.float32)
+    t = rng.integers(0, c, n)
+    outs = []
+    try:
+        for threads in (1, 2, 3, 8):
+            _kernels.set_num_threads(threads)
+            old = _kernels._MIN_ELEMENTS_PER_THREAD
+            _kernels._MIN_ELEMENTS_PER_THREAD = 1
+            try:
+                for _ in range(3):  # helpers awake (spinning) and asleep
+                    outs.append(crossent.softmax_cross_entropy_value_and_grad(x, t, **opts))
+            finally:
+                _kernels._MIN_ELEMENTS_PER_THREAD = old
+    finally:
+        _kernels.set_num_threads(None)
+    for loss, grad in outs[1:]:
+        np.testing.assert_array_equal(loss, outs[0][0])
+        np.testing.assert_array_equal(grad.view(np.uint32), outs[0][1].view(np.uint32))
+
+
+def test_calls_from_several_python_threads_at_once():
+    """The kernels release the GIL: calls from several Python threads overlap. The pool runs
+    one job at a time (the others run on their callers' threads); every result must be the
+    one the call gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(12)
+    problems = [((rng.normal(size=(2000, c)) * 2).astype(np.float32), rng.integers(0, c, 2000))
+                for c in (7, 100, 700, 40)]
+    alone = [crossent.softmax_cross_entropy_value_and_grad(x, t) for x, t in problems]
+
+    def run(k):
+        x, t = problems[k % len(problems)]
+        return k % len(problems), crossent.softmax_cross_entropy_value_and_grad(x, t)
+
+    with ThreadPoolExecutor(4) as ex:
+        for k, (loss, grad) in ex.map(run, range(64)):
+            np.testing.assert_array_equal(loss, alone[k][0])
+            np.testing.assert_array_equal(grad, alone[k][1])
+
+
+def _child_result(queue):  # runs in a forked child
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(5000, 64)).astype(np.float32)
+    t = rng.integers(0, 64, 5000)
+    crossent.set_num_threads(2)
+    queue.put(crossent.softmax_cross_entropy(x, t))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_a_forked_child_gets_a_working_pool(kernel_module):
+    """fork() keeps only the forking thread: the child's pool must start its own workers
+    (a child waiting for the parent's workers would hang)."""
+    import multiprocessing
+
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(5000, 64)).astype(np.float32)
+    t = rng.integers(0, 64, 5000)
+    crossent.set_num_threads(2)
+    try:
+        want = crossent.softmax_cross_entropy(x, t)  # the parent's pool is running
+    finally:
+        crossent.set_num_threads(None)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_result, args=(queue,))
+    child.start()
+    try:
+        got = queue.get(timeout=60)
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(got, want)
+
+
+def test_probability_kernel_reports_the_least_bad_row_across_items():
+    """nll_rows' rows are claimed in items by the threads: the error names the first bad
+    element in row order, whichever item a thread finished first."""
+    x = np.full((40_000, 5), 0.2)
+    x[30_000, 1] = 1.5
+    x[5_000, 4] = -0.25
+    crossent.set_num_threads(2)
+    try:
+        with pytest.raises(crossent.ProbabilityRangeError, match=r"probs\[5000, 4\] = -0.25"):
+            crossent.cross_entropy(x, np.zeros(40_000, dtype=np.int64), label_smoothing=0.1)
+    finally:
+        crossent.set_num_threads(None)
+
+
 @pytest.mark.parametrize("c", range(1, 33))
 def test_small_class_counts_every_width(monkeypatch, c):
     # rows of up to 32 classes: 16 rows per tile, transposed in registers 16 columns at a

@@ -39,6 +39,17 @@ enum { DT_F32 = 0, DT_F64 = 1, DT_BF16 = 2, DT_F16 = 3 };
 
 #define INLINE static inline __attribute__((always_inline))
 
+/* a * b + c rounded once, in every copy of an expression. With -ffp-contract=fast GCC
+ * decides per inlined copy (and per vector body / scalar remainder) which product of
+ * `a * b - c * d` to fuse; the same row computed by two callers (one thread's rows, the
+ * threads' shares of a wide row) then differed in the last bit. Spelled out where a loop
+ * mixes two products; without FMA hardware nothing is fused anyway. */
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+#define FMA_T(a, b, c) _Generic((a), float: __builtin_fmaf, double: __builtin_fma)(a, b, c)
+#else
+#define FMA_T(a, b, c) ((a) * (b) + (c))
+#endif
+
 /* ---------------------------------------------------------------- bit casts */
 
 INLINE uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -694,6 +705,8 @@ typedef struct {
     int stream;             /* write the gradient with streaming stores (stream_copy) */
 } Problem;
 
+#include "_ckernels_pool.h"
+
 /* One row of the wide mode (WIDE_ROWS): what the phases share. */
 typedef struct WideJob {
     const Problem *pb;
@@ -706,33 +719,21 @@ typedef struct WideJob {
 typedef struct {
     WideJob *job;
     void (*fn)(WideJob *, int);
-    int tid;
-} WideArg;
+    Py_ssize_t next;
+} WideRun;
 
-static void *wide_thread(void *arg) {
-    WideArg *a = (WideArg *)arg;
-    a->fn(a->job, a->tid);
-    if (a->job->pb->stream) STREAM_FENCE();
-    return NULL;
+static void wide_share(void *ctx, int tid) {
+    WideRun *w = (WideRun *)ctx;
+    Py_ssize_t share;
+    (void)tid;
+    while ((share = pool_claim(&w->next, w->job->nt)) >= 0) w->fn(w->job, (int)share);
+    if (w->job->pb->stream) STREAM_FENCE();
 }
 
-/* run fn(job, tid) for tid = 0 .. nt - 1, tid 0 in the calling thread */
+/* run fn(job, share) for share = 0 .. nt - 1 (the class axis' shares), on the threads */
 static void wide_run(WideJob *job, void (*fn)(WideJob *, int)) {
-    pthread_t th[256];
-    WideArg args[256];
-    int started[256] = {0};
-    for (int t = 1; t < job->nt; t++) {
-        args[t].job = job;
-        args[t].fn = fn;
-        args[t].tid = t;
-        started[t] = pthread_create(&th[t], NULL, wide_thread, &args[t]) == 0;
-    }
-    fn(job, 0);
-    for (int t = 1; t < job->nt; t++) {
-        if (started[t]) pthread_join(th[t], NULL);
-        else fn(job, t);
-    }
-    if (job->pb->stream) STREAM_FENCE();
+    WideRun w = {job, fn, 0};
+    pool_run(job->nt, wide_share, &w);
 }
 
 static inline size_t elsize(int dtype) { return dtype == DT_F64 ? 8 : dtype == DT_F32 ? 4 : 2; }
@@ -751,11 +752,12 @@ typedef struct {
     int n_threads;
 } NllProblem;
 
+/* Rows split into items of `rows` rows, claimed by the threads (pool_run). */
 typedef struct {
     const Problem *pb;
-    Py_ssize_t r0, r1;
+    Py_ssize_t rows, n_items, next;
     int failed;
-} Task;
+} RowsJob;
 
 /*
  * The row kernel, written once for float (f32/bf16/f16 storage) and once for double.
@@ -967,17 +969,10 @@ DEFINE_VLOAD(vload_f16, vf32, float, L32, LOAD_F16)
 
 typedef void (*row_kernel)(const Problem *, Py_ssize_t, Py_ssize_t, void *, void *, void *);
 
-static void *run_task(void *arg) {
-    Task *t = (Task *)arg;
-    const Problem *pb = t->pb;
+static void row_share(void *ctx, int tid) {
+    RowsJob *j = (RowsJob *)ctx;
+    const Problem *pb = j->pb;
     const int small = pb->n_cols <= SMALL_C;
-    size_t esz = pb->dtype == DT_F64 ? 8 : 4;
-    size_t n = (size_t)(pb->n_cols > 0 ? pb->n_cols : 1) * (small ? TILE : 1);
-    /* stats: two 64-byte vectors per block of SUM_BLOCK (ROW_EXPSUM) */
-    size_t ns = 2 * (size_t)((pb->n_cols + SUM_BLOCK - 1) / SUM_BLOCK + 1);
-    /* ebuf: two rows for ROWS (one row's gradient pass overlaps the next row's exps) */
-    void *zbuf = malloc(n * esz), *ebuf = malloc(n * esz * (small ? 1 : 2));
-    void *stats = aligned_alloc(64, ns * 64);
     row_kernel k = NULL;
     switch (pb->dtype) {
     case DT_F32: k = small ? (row_kernel)tiles_f32 : (row_kernel)rows_f32; break;
@@ -987,13 +982,30 @@ static void *run_task(void *arg) {
     case DT_F16: k = small ? (row_kernel)tiles_f16 : (row_kernel)rows_f16; break;
 #endif
     }
-    if (!zbuf || !ebuf || !stats || !k) t->failed = 1;
-    else k(pb, t->r0, t->r1, zbuf, ebuf, stats);
+    void *zbuf = NULL, *ebuf = NULL, *stats = NULL; /* on the first item (a late helper may get none) */
+    Py_ssize_t i;
+    while ((i = pool_claim(&j->next, j->n_items)) >= 0) {
+        if (!stats) {
+            size_t esz = pb->dtype == DT_F64 ? 8 : 4;
+            size_t n = (size_t)(pb->n_cols > 0 ? pb->n_cols : 1) * (small ? TILE : 1);
+            /* stats: two 64-byte vectors per block of SUM_BLOCK (ROW_EXPSUM) */
+            size_t ns = 2 * (size_t)((pb->n_cols + SUM_BLOCK - 1) / SUM_BLOCK + 1);
+            /* ebuf: two rows for ROWS (one row's gradient pass overlaps the next row's exps) */
+            zbuf = malloc(n * esz);
+            ebuf = malloc(n * esz * (small ? 1 : 2));
+            stats = aligned_alloc(64, ns * 64);
+            if (!zbuf || !ebuf || !stats || !k) {
+                j->failed = 1; /* (a plain store: only ever set to 1, read after the join) */
+                break;
+            }
+        }
+        const Py_ssize_t r0 = i * j->rows, r1 = r0 + j->rows < pb->n_rows ? r0 + j->rows : pb->n_rows;
+        k(pb, r0, r1, zbuf, ebuf, stats);
+    }
     if (pb->stream) STREAM_FENCE();
     free(stats);
     free(zbuf);
     free(ebuf);
-    return NULL;
 }
 
 /* The wide mode's scratch and driver. */
@@ -1028,11 +1040,26 @@ static int run_wide(const Problem *pb, int nt) {
     return failed;
 }
 
-/* Split rows evenly over threads; the calling thread takes the first share. Fewer rows than
- * threads, each wide enough: split the class axis instead (run_wide). */
+/* Rows per item of a job: enough work that claiming it costs nothing (ITEM_MIN_ELEMENTS),
+ * and about ITEMS_PER_THREAD items per thread, so that the threads end together however
+ * late a helper joins; whole tiles of small-C rows. A row's result does not depend on the
+ * item it falls in: the kernels treat every row alike. */
+#define ITEM_MIN_ELEMENTS 16384
+#define ITEMS_PER_THREAD 16
+
+static Py_ssize_t item_rows(Py_ssize_t n_rows, Py_ssize_t n_cols, int nt) {
+    Py_ssize_t by_size = (ITEM_MIN_ELEMENTS + n_cols - 1) / (n_cols > 0 ? n_cols : 1);
+    Py_ssize_t by_count = n_rows / ((Py_ssize_t)nt * ITEMS_PER_THREAD);
+    Py_ssize_t rows = by_size > by_count ? by_size : by_count;
+    if (n_cols <= SMALL_C) rows = (rows + TILE - 1) / TILE * TILE;
+    return rows > 0 ? rows : 1;
+}
+
+/* Rows claimed in items by up to n_threads threads (pool_run). Fewer rows than threads,
+ * each wide enough: split the class axis instead (run_wide). */
 static int run_parallel(const Problem *pb, int *wide) {
     int nt = pb->n_threads < 1 ? 1 : pb->n_threads;
-    if (nt > 256) nt = 256;
+    if (nt > POOL_MAX) nt = POOL_MAX;
     *wide = 0;
     if ((Py_ssize_t)nt > pb->n_rows && pb->n_cols > SMALL_C && pb->wide_min > 0) {
         Py_ssize_t by_cols = pb->n_cols / pb->wide_min;
@@ -1042,44 +1069,42 @@ static int run_parallel(const Problem *pb, int *wide) {
             return run_wide(pb, wide_nt);
         }
     }
-    if ((Py_ssize_t)nt > pb->n_rows) nt = pb->n_rows > 0 ? (int)pb->n_rows : 1;
-    Task tasks[256];
-    pthread_t threads[256];
-    int started[256] = {0};
-    for (int i = 0; i < nt; i++) {
-        tasks[i].pb = pb;
-        tasks[i].r0 = pb->n_rows * i / nt;
-        tasks[i].r1 = pb->n_rows * (i + 1) / nt;
-        tasks[i].failed = 0;
-    }
-    for (int i = 1; i < nt; i++)
-        started[i] = pthread_create(&threads[i], NULL, run_task, &tasks[i]) == 0;
-    run_task(&tasks[0]);
-    int failed = tasks[0].failed;
-    for (int i = 1; i < nt; i++) {
-        if (started[i]) pthread_join(threads[i], NULL);
-        else run_task(&tasks[i]); /* could not start a thread: do its share here */
-        failed |= tasks[i].failed;
-    }
-    return failed;
+    RowsJob job = {pb, item_rows(pb->n_rows, pb->n_cols, nt), 0, 0, 0};
+    job.n_items = (pb->n_rows + job.rows - 1) / job.rows;
+    if ((Py_ssize_t)nt > job.n_items) nt = job.n_items > 0 ? (int)job.n_items : 1;
+    pool_run(nt, row_share, &job);
+    return job.failed;
 }
 
+/* nll_rows' job: rows in items as for the softmax kernels; first_bad the least bad row. */
 typedef struct {
     const NllProblem *pb;
-    Py_ssize_t r0, r1, first_bad;
-} NllTask;
+    Py_ssize_t rows, n_items, next, first_bad;
+} NllJob;
 
-static void *run_nll_task(void *arg) {
-    NllTask *t = (NllTask *)arg;
-    switch (t->pb->dtype) {
-    case DT_F32: nll_rows_f32(t->pb, t->r0, t->r1, &t->first_bad); break;
-    case DT_F64: nll_rows_f64(t->pb, t->r0, t->r1, &t->first_bad); break;
-    case DT_BF16: nll_rows_bf16(t->pb, t->r0, t->r1, &t->first_bad); break;
+static void nll_share(void *ctx, int tid) {
+    NllJob *j = (NllJob *)ctx;
+    const NllProblem *pb = j->pb;
+    Py_ssize_t i;
+    (void)tid;
+    while ((i = pool_claim(&j->next, j->n_items)) >= 0) {
+        const Py_ssize_t r0 = i * j->rows, r1 = r0 + j->rows < pb->n_rows ? r0 + j->rows : pb->n_rows;
+        Py_ssize_t bad = -1;
+        switch (pb->dtype) {
+        case DT_F32: nll_rows_f32(pb, r0, r1, &bad); break;
+        case DT_F64: nll_rows_f64(pb, r0, r1, &bad); break;
+        case DT_BF16: nll_rows_bf16(pb, r0, r1, &bad); break;
 #if HAVE_F16
-    case DT_F16: nll_rows_f16(t->pb, t->r0, t->r1, &t->first_bad); break;
+        case DT_F16: nll_rows_f16(pb, r0, r1, &bad); break;
 #endif
+        }
+        if (bad < 0) continue;
+        Py_ssize_t seen = __atomic_load_n(&j->first_bad, __ATOMIC_RELAXED);
+        while ((seen < 0 || bad < seen) &&
+               !__atomic_compare_exchange_n(&j->first_bad, &seen, bad, 0, __ATOMIC_RELAXED,
+                                            __ATOMIC_RELAXED)) {
+        }
     }
-    return NULL;
 }
 
 static PyObject *py_nll_rows(PyObject *self, PyObject *args) {
@@ -1100,31 +1125,14 @@ static PyObject *py_nll_rows(PyObject *self, PyObject *args) {
     pb.q = (const char *)(uintptr_t)q;
     pb.w = (const char *)(uintptr_t)w;
     pb.loss = (char *)(uintptr_t)loss;
-    int nt = pb.n_threads < 1 ? 1 : (pb.n_threads > 256 ? 256 : pb.n_threads);
-    if ((Py_ssize_t)nt > pb.n_rows) nt = pb.n_rows > 0 ? (int)pb.n_rows : 1;
-    NllTask tasks[256];
-    pthread_t threads[256];
-    int started[256] = {0};
-    Py_ssize_t first_bad = -1;
+    int nt = pb.n_threads < 1 ? 1 : (pb.n_threads > POOL_MAX ? POOL_MAX : pb.n_threads);
+    NllJob job = {&pb, item_rows(pb.n_rows, pb.n_cols, nt), 0, 0, -1};
+    job.n_items = (pb.n_rows + job.rows - 1) / job.rows;
+    if ((Py_ssize_t)nt > job.n_items) nt = job.n_items > 0 ? (int)job.n_items : 1;
     Py_BEGIN_ALLOW_THREADS
-    for (int i = 0; i < nt; i++) {
-        tasks[i].pb = &pb;
-        tasks[i].r0 = pb.n_rows * i / nt;
-        tasks[i].r1 = pb.n_rows * (i + 1) / nt;
-        tasks[i].first_bad = -1;
-    }
-    for (int i = 1; i < nt; i++)
-        started[i] = pthread_create(&threads[i], NULL, run_nll_task, &tasks[i]) == 0;
-    run_nll_task(&tasks[0]);
-    for (int i = 1; i < nt; i++) {
-        if (started[i]) pthread_join(threads[i], NULL);
-        else run_nll_task(&tasks[i]);
-    }
-    for (int i = 0; i < nt; i++)
-        if (tasks[i].first_bad >= 0 && (first_bad < 0 || tasks[i].first_bad < first_bad))
-            first_bad = tasks[i].first_bad;
+    pool_run(nt, nll_share, &job);
     Py_END_ALLOW_THREADS
-    return PyLong_FromSsize_t(first_bad);
+    return PyLong_FromSsize_t(job.first_bad);
 }
 
 static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {

@@ -363,14 +363,14 @@ INLINE void ROW_GRAD_CHUNK(const Problem *pb, const T *restrict z, const T *rest
     if (soft) {
 #pragma omp simd
         for (Py_ssize_t c = c0; c < c1; c++) {
-            T a = qkeep * qrow[c] + qeps;
+            T a = FMA_T(qkeep, qrow[c], qeps);
             if (w) a = a * w[c];
-            ebuf[c] = ebuf[c] * pc - a * gr;
+            ebuf[c] = FMA_T(ebuf[c], pc, -(a * gr));
         }
     } else if (eps > 0) {
         const T sub = qeps * gr;
 #pragma omp simd
-        for (Py_ssize_t c = c0; c < c1; c++) ebuf[c] = ebuf[c] * pc - (w ? w[c] * sub : sub);
+        for (Py_ssize_t c = c0; c < c1; c++) ebuf[c] = FMA_T(ebuf[c], pc, -(w ? w[c] * sub : sub));
     } else {
 #pragma omp simd
         for (Py_ssize_t c = c0; c < c1; c++) ebuf[c] = ebuf[c] * pc;
@@ -380,7 +380,7 @@ INLINE void ROW_GRAD_CHUNK(const Problem *pb, const T *restrict z, const T *rest
 #pragma omp simd
         for (Py_ssize_t c = c0; c < c1; c++) {
             T t = z[c] / cap;
-            ebuf[c] *= (1 - t * t); /* d tanh = 1 - tanh^2 */
+            ebuf[c] *= FMA_T(-t, t, (T)1); /* d tanh = 1 - tanh^2 */
         }
     }
     if (pb->stream) {
@@ -442,8 +442,10 @@ INLINE void ROW_ZBUF(const Problem *pb, const char *xrow, T *restrict zbuf, Py_s
 
 /* After passes 1 and 2 of row r: loss and lse written, and for the gradient pass the
  * softmax factor pc, the upstream gradient gr and the target entry. Returns whether the
- * gradient pass follows (0: no gradient wanted; an ignored row's gradient is zeroed here). */
-INLINE int ROW_FINISH(const Problem *pb, Py_ssize_t r, const char *xrow, const T *z, T m,
+ * gradient pass follows (0: no gradient wanted; an ignored row's gradient is zeroed here).
+ * Not inlined: one compiled copy serves the row and the wide paths, so that a row's
+ * scalars are the same bits whichever computed it (see FMA_T). */
+static __attribute__((noinline)) int ROW_FINISH(const Problem *pb, Py_ssize_t r, const char *xrow, const T *z, T m,
                       double rest, double top, const Sum *sw, const Sum *swz, T *pc, T *gr,
                       T *target) {
     const T *restrict w = (const T *)pb->w;
