@@ -254,40 +254,48 @@ def test_calls_from_several_python_threads_at_once():
             np.testing.assert_array_equal(grad, alone[k][1])
 
 
-def _child_result(queue):  # runs in a forked child
-    rng = np.random.default_rng(13)
-    x = rng.normal(size=(5000, 64)).astype(np.float32)
-    t = rng.integers(0, 64, 5000)
-    crossent.set_num_threads(2)
-    queue.put(crossent.softmax_cross_entropy(x, t))
+_FORK_SCRIPT = """
+import os, sys
+import numpy as np
+import crossent
+from crossent import _kernels
+assert _kernels.available()
+rng = np.random.default_rng(13)
+x = rng.normal(size=(5000, 64)).astype(np.float32)
+t = rng.integers(0, 64, 5000)
+crossent.set_num_threads(2)
+want = crossent.softmax_cross_entropy(x, t)  # the parent's pool is running now
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:  # the child: only this thread survived the fork
+    got = crossent.softmax_cross_entropy(x, t)
+    os.write(w, b"same" if np.array_equal(got, want) else b"diff")
+    os._exit(0)
+os.close(w)
+verdict = os.read(r, 4)
+_, status = os.waitpid(pid, 0)
+print(verdict.decode(), os.waitstatus_to_exitcode(status), _kernels._ckernels.__name__)
+"""
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
 def test_a_forked_child_gets_a_working_pool(kernel_module):
     """fork() keeps only the forking thread: the child's pool must start its own workers
-    (a child waiting for the parent's workers would hang)."""
-    import multiprocessing
+    (a child waiting for the parent's workers would hang). Run in a fresh interpreter that
+    has imported nothing multi-threaded but crossent, with this test's build."""
+    import os
+    import subprocess
+    import sys
 
-    rng = np.random.default_rng(13)
-    x = rng.normal(size=(5000, 64)).astype(np.float32)
-    t = rng.integers(0, 64, 5000)
-    crossent.set_num_threads(2)
-    try:
-        want = crossent.softmax_cross_entropy(x, t)  # the parent's pool is running
-    finally:
-        crossent.set_num_threads(None)
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_child_result, args=(queue,))
-    child.start()
-    try:
-        got = queue.get(timeout=60)
-    finally:
-        child.join(timeout=60)
-        if child.is_alive():
-            child.kill()
-    assert child.exitcode == 0
-    np.testing.assert_array_equal(got, want)
+    name = kernel_module.__name__.rsplit(".", 1)[-1]
+    isa = {"_ckernels": "base", "_ckernels_v3": "v3", "_ckernels_v4": "v4"}[name]
+    env = dict(os.environ, CROSSENT_KERNELS_ISA=isa)
+    done = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    verdict, code, module = done.stdout.split()
+    assert (verdict, code) == ("same", "0")
+    assert module.rsplit(".", 1)[-1] == name
 
 
 def test_probability_kernel_reports_the_least_bad_row_across_items():

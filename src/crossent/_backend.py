@@ -24,6 +24,7 @@ __all__ = [
     "stop_gradient",
     "compute_dtype",
     "index_dtype",
+    "isdtype",
     "quiet",
     "zero_dim",
 ]
@@ -34,8 +35,21 @@ def _library_name(x: Any) -> str:
     return f"{t.__module__.split('.')[0]}.{t.__qualname__}"
 
 
+_NUMPY_XP: Any = None
+_INT64 = np.dtype(np.int64)
+
+
+def _numpy_xp() -> Any:
+    global _NUMPY_XP
+    if _NUMPY_XP is None:
+        _NUMPY_XP = array_api_compat.array_namespace(np.empty(0))
+    return _NUMPY_XP
+
+
 def namespace_of(input: Any, argument: str = "input") -> tuple[Any, Any]:
     """Return ``(xp, array)`` for the main input; Python sequences become NumPy arrays."""
+    if type(input) is np.ndarray:  # the common case, without array_namespace's lookups
+        return _numpy_xp(), input
     if not array_api_compat.is_array_api_obj(input):
         if isinstance(input, (list, tuple, int, float, np.generic)):
             input = _convert(np.asarray, input, argument)
@@ -57,6 +71,8 @@ def as_array_like(xp: Any, like: Any, value: Any, argument: str) -> Any:
     are converted (a NumPy class-weight vector with a PyTorch input is an everyday case);
     an array of another library is rejected rather than silently copied across devices.
     """
+    if type(value) is np.ndarray and xp is _NUMPY_XP:
+        return value
     if array_api_compat.is_array_api_obj(value):
         other = array_api_compat.array_namespace(value)
         if other is xp:
@@ -130,8 +146,38 @@ def _is_half(xp: Any, dtype: Any) -> bool:
     return bool(xp.finfo(dtype).bits < 32)
 
 
+# Small per-call helpers are memoised on (namespace, dtype): NumPy's ``isdtype`` and
+# ``dtype.name`` are Python code (~1.5 us each) and a call asked them half a dozen times,
+# a third of a 64 x 10 call's time. Namespaces are long-lived modules; dtypes are few.
+_MEMO: dict = {}
+_MEMO_MAX = 4096
+
+
+def _memo(key: Any, compute: Any) -> Any:
+    """``compute()``, remembered under ``key`` once it has returned (errors are not)."""
+    try:
+        return _MEMO[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable dtype: not memoised
+        return compute()
+    value = compute()
+    if len(_MEMO) < _MEMO_MAX:
+        _MEMO[key] = value
+    return value
+
+
+def isdtype(xp: Any, dtype: Any, kind: Any) -> bool:
+    """``xp.isdtype(dtype, kind)``, memoised."""
+    return _memo(("isdtype", id(xp), dtype, kind), lambda: bool(xp.isdtype(dtype, kind)))
+
+
 def compute_dtype(xp: Any, dtype: Any, argument: str) -> Any:
     """The dtype to compute in for a floating ``dtype``: float16/bfloat16 accumulate in float32."""
+    return _memo(("compute", id(xp), dtype), lambda: _compute_dtype(xp, dtype, argument))
+
+
+def _compute_dtype(xp: Any, dtype: Any, argument: str) -> Any:
     if getattr(dtype, "name", None) == "bfloat16" and array_api_compat.is_numpy_namespace(xp):
         return xp.float32  # NumPy's bfloat16 (ml_dtypes) is outside the array API
     if not xp.isdtype(dtype, "real floating"):
@@ -147,6 +193,8 @@ def compute_dtype(xp: Any, dtype: Any, argument: str) -> Any:
 
 def index_dtype(xp: Any, like: Any) -> Any:
     """The library's default indexing dtype (int64, or int32 for JAX without x64)."""
+    if xp is _NUMPY_XP:
+        return _INT64
     info = xp.__array_namespace_info__()
     return info.default_dtypes(device=array_api_compat.device(like))["indexing"]
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._backend import is_concrete
+from ._backend import is_concrete, isdtype
 from ._errors import (
     InvalidDTypeError,
     InvalidOptionError,
@@ -159,7 +159,7 @@ def target_kind(xp: Any, input: Any, target: Any, axis: int, argument: str = "in
     ex_shape = in_shape[:axis] + in_shape[axis + 1 :]
     t_shape = _shape(target.shape)
     dt = target.dtype
-    if xp.isdtype(dt, "bool") or not xp.isdtype(dt, ("integral", "real floating")):
+    if isdtype(xp, dt, "bool") or not isdtype(xp, dt, ("integral", "real floating")):
         raise InvalidDTypeError(
             f"target has dtype {dt}; expected integer class indices (shape {ex_shape}) or "
             f"floating class probabilities (shape {in_shape})",
@@ -167,7 +167,7 @@ def target_kind(xp: Any, input: Any, target: Any, axis: int, argument: str = "in
             value=str(dt),
             expected="integer or real floating dtype",
         )
-    if xp.isdtype(dt, "integral"):
+    if isdtype(xp, dt, "integral"):
         if t_shape != ex_shape:
             raise ShapeMismatchError(
                 f"target has shape {t_shape} but {argument} has shape {in_shape}: integer "
