@@ -18,6 +18,8 @@ from . import _impls, _machine, _report
 
 FULL_SHAPES = [(1_000_000, 10), (100_000, 1_000), (8_192, 32_000), (4_096, 128_256)]
 QUICK_SHAPES = [(32_768, 10), (512, 32_000)]
+# a training step's batch, not the memory-bound regime: per-call overhead, thread start-up
+SMALL_SHAPES = [(64, 10), (512, 100), (256, 1_000), (4_096, 64)]
 BF16_MIN_CLASSES = 32_000  # "auto" dtypes: bfloat16 too for LLM-vocabulary shapes
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -74,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: shapes {', '.join(f'{n}x{c}' for n, c in QUICK_SHAPES)}, "
                         "3 repeats, all groups in one child process (about a minute)")
+    p.add_argument("--small", action="store_true",
+                   help=f"latency run: training-batch shapes "
+                        f"{', '.join(f'{n}x{c}' for n, c in SMALL_SHAPES)} (calls of 10 us to "
+                        "1 ms: dispatch and thread start-up, not bandwidth), 301 repeats, one "
+                        "child; results in the small/ subfolder")
     p.add_argument("--shapes", type=lambda s: [_parse_shape(t) for t in s.split(",") if t],
                    help="comma-separated NxC, optionally NxC:dtype[+dtype] "
                         "(default: 1000000x10,100000x1000,8192x32000,4096x128256)")
@@ -132,8 +139,8 @@ def _select_impls(only: str | None) -> list[str]:
 
 
 def build_plan(args) -> list[dict]:
-    shapes = args.shapes or [(n, c, None) for n, c in (QUICK_SHAPES if args.quick
-                                                        else FULL_SHAPES)]
+    preset = QUICK_SHAPES if args.quick else SMALL_SHAPES if args.small else FULL_SHAPES
+    shapes = args.shapes or [(n, c, None) for n, c in preset]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
         if m not in _impls.MODES:
@@ -205,14 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.render:
         return render(args.render)
-    quick = args.quick
+    quick, small = args.quick, args.small
+    if quick and small:
+        raise SystemExit("--quick and --small are two different presets: choose one")
     threads = args.threads or _machine.usable_cpus()
-    repeats = args.repeats or (3 if quick else 11)
+    repeats = args.repeats or (3 if quick else 301 if small else 11)
     min_repeats = min(args.min_repeats, repeats)
     budget = args.budget if args.budget is not None else (0.5 if quick else 5.0)
-    isolate = args.isolate or ("none" if quick else "group")
+    isolate = args.isolate or ("none" if quick or small else "group")
     timeout = args.timeout or (300.0 if quick else 1200.0)
-    out_dir = args.output or (DEFAULT_RESULTS / "quick" if quick else DEFAULT_RESULTS)
+    out_dir = args.output or (DEFAULT_RESULTS / "quick" if quick
+                              else DEFAULT_RESULTS / "small" if small else DEFAULT_RESULTS)
     plan = build_plan(args)
 
     if args.list:
@@ -252,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "date": date, "git_commit": machine["git_commit"],
         "command": " ".join(["python -m benchmarks", *argv]),
-        "run": "quick" if quick else ("custom" if (args.shapes or args.only or args.modes
-                                                   != "fwd,grad") else "full"),
+        "run": "quick" if quick else "small" if small else (
+            "custom" if (args.shapes or args.only or args.modes != "fwd,grad") else "full"),
         "run_wall_s": wall,
         "run_load_start": " ".join(f"{v_:.2f}" for v_ in load_start),
         "run_load_end": " ".join(f"{v_:.2f}" for v_ in load_end),

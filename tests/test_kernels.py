@@ -312,20 +312,22 @@ def test_probability_kernel_reports_the_least_bad_row_across_items():
         crossent.set_num_threads(None)
 
 
-@pytest.mark.parametrize("c", range(1, 33))
-def test_small_class_counts_every_width(monkeypatch, c):
-    # rows of up to 32 classes: 16 rows per tile, transposed in registers 16 columns at a
-    # time, only the columns below C computed (each width its own specialised transpose)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("c", range(1, 90))
+def test_small_class_counts_every_width(monkeypatch, c, dtype):
+    # rows of up to 80 classes (float64: 40): 16 rows per tile, transposed in registers 16
+    # columns at a time, only the columns below C computed (each width its own specialised
+    # transpose); past the threshold the row kernels, and 89 rows: a partial last tile
     rng = np.random.default_rng(c)
-    x = (rng.normal(size=(64, c)) * 4).astype(np.float32)
-    t = rng.integers(0, c, 64)
+    x = (rng.normal(size=(89, c)) * 4).astype(dtype)
+    t = rng.integers(0, c, 89)
     (ref, rgrad), (got, grad) = both(
         monkeypatch, crossent.softmax_cross_entropy_value_and_grad, x, t, label_smoothing=0.1
     )
-    assert_close(got, ref, np.float32)
-    assert_close(grad, rgrad, np.float32)
+    assert_close(got, ref, dtype)
+    assert_close(grad, rgrad, dtype)
     (ref, _), (got, _) = both(monkeypatch, crossent.softmax_cross_entropy, x, t, return_lse=True)
-    assert_close(got, ref, np.float32)
+    assert_close(got, ref, dtype)
 
 
 def test_set_num_threads_validates():
@@ -334,7 +336,8 @@ def test_set_num_threads_validates():
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16"])
-@pytest.mark.parametrize("n, c, cap", [(11, 37, 5.0), (70, 10, None), (70, 29, 5.0), (40, 300, None), (3, 3000, 5.0)])
+@pytest.mark.parametrize("n, c, cap", [(11, 37, 5.0), (70, 10, None), (70, 29, 5.0), (50, 64, None),
+                                       (45, 80, 5.0), (40, 300, None), (3, 3000, 5.0)])
 def test_half_precision_storage(monkeypatch, storage, n, c, cap):
     if storage == "bfloat16":
         ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -755,7 +758,8 @@ def test_wide_rows_split_over_threads_give_the_same_bits(monkeypatch, storage, o
     assert_close(results[4][0], ref, "float64" if storage == "float64" else "float32")
 
 
-@pytest.mark.parametrize("n, c", [(32, 5), (48, 3), (33, 16), (64, 29), (40, 1)])
+@pytest.mark.parametrize("n, c", [(32, 5), (48, 3), (33, 16), (64, 29), (40, 1), (33, 80), (17, 64),
+                                  (40, 77)])
 def test_small_c_gradient_stores_stay_inside_the_output(n, c):
     """Regression: the small-C tiles store gradient rows by whole vectors; a vector that
     ran past the tile's last row wrote beyond the output (heap corruption at N = 32, C = 5)."""

@@ -799,7 +799,17 @@ INLINE double sum_value(const Sum *a) {
 #endif
 
 #define TILE 16   /* rows per tile in the small-C kernels: one vector lane per row */
-#define SMALL_C 32 /* up to this many classes a row is processed as a lane of a tile */
+/* Rows of up to small_c(dtype) classes are processed as lanes of a tile (TILE rows at a
+ * time, vectorised across rows): below that a row is too short for the row kernels' fixed
+ * costs (two horizontal reductions, a scalar log, the finish: ~70 ns a row, 2.2 ns per
+ * element at C = 33 against 0.5 in a tile). Measured crossovers (one thread, AVX-512,
+ * ns per element forward / loss + gradient, row kernels -> tiles): float32 C = 33
+ * 2.25/3.25 -> 0.54/1.31, C = 64 1.21/1.69 -> 0.51/1.32, C = 80 0.98/1.46 -> 0.50/1.39,
+ * C = 96 0.86/1.34 -> 0.48/1.54 (the tile's gradient loses from here); bfloat16 alike;
+ * float64 (8 lanes a vector, half a tile) C = 33 3.15/4.72 -> 2.28/3.82 but C = 64
+ * 1.82/2.89 -> 2.21/3.99. */
+#define SMALL_C_MAX 80
+static inline Py_ssize_t small_c(int dtype) { return dtype == DT_F64 ? 40 : SMALL_C_MAX; }
 
 #define LOAD_F32(row, c) (((const float *)(row))[c])
 #define STORE_F32(row, c, v) (((float *)(row))[c] = (v))
@@ -972,7 +982,7 @@ typedef void (*row_kernel)(const Problem *, Py_ssize_t, Py_ssize_t, void *, void
 static void row_share(void *ctx, int tid) {
     RowsJob *j = (RowsJob *)ctx;
     const Problem *pb = j->pb;
-    const int small = pb->n_cols <= SMALL_C;
+    const int small = pb->n_cols <= small_c(pb->dtype);
     row_kernel k = NULL;
     switch (pb->dtype) {
     case DT_F32: k = small ? (row_kernel)tiles_f32 : (row_kernel)rows_f32; break;
@@ -1047,11 +1057,11 @@ static int run_wide(const Problem *pb, int nt) {
 #define ITEM_MIN_ELEMENTS 16384
 #define ITEMS_PER_THREAD 16
 
-static Py_ssize_t item_rows(Py_ssize_t n_rows, Py_ssize_t n_cols, int nt) {
+static Py_ssize_t item_rows(Py_ssize_t n_rows, Py_ssize_t n_cols, int nt, int tiled) {
     Py_ssize_t by_size = (ITEM_MIN_ELEMENTS + n_cols - 1) / (n_cols > 0 ? n_cols : 1);
     Py_ssize_t by_count = n_rows / ((Py_ssize_t)nt * ITEMS_PER_THREAD);
     Py_ssize_t rows = by_size > by_count ? by_size : by_count;
-    if (n_cols <= SMALL_C) rows = (rows + TILE - 1) / TILE * TILE;
+    if (tiled) rows = (rows + TILE - 1) / TILE * TILE;
     return rows > 0 ? rows : 1;
 }
 
@@ -1061,7 +1071,8 @@ static int run_parallel(const Problem *pb, int *wide) {
     int nt = pb->n_threads < 1 ? 1 : pb->n_threads;
     if (nt > POOL_MAX) nt = POOL_MAX;
     *wide = 0;
-    if ((Py_ssize_t)nt > pb->n_rows && pb->n_cols > SMALL_C && pb->wide_min > 0) {
+    const int tiled = pb->n_cols <= small_c(pb->dtype);
+    if ((Py_ssize_t)nt > pb->n_rows && !tiled && pb->wide_min > 0) {
         Py_ssize_t by_cols = pb->n_cols / pb->wide_min;
         int wide_nt = by_cols < nt ? (int)by_cols : nt;
         if (wide_nt >= 2) {
@@ -1069,7 +1080,7 @@ static int run_parallel(const Problem *pb, int *wide) {
             return run_wide(pb, wide_nt);
         }
     }
-    RowsJob job = {pb, item_rows(pb->n_rows, pb->n_cols, nt), 0, 0, 0};
+    RowsJob job = {pb, item_rows(pb->n_rows, pb->n_cols, nt, tiled), 0, 0, 0};
     job.n_items = (pb->n_rows + job.rows - 1) / job.rows;
     if ((Py_ssize_t)nt > job.n_items) nt = job.n_items > 0 ? (int)job.n_items : 1;
     pool_run(nt, row_share, &job);
@@ -1126,7 +1137,7 @@ static PyObject *py_nll_rows(PyObject *self, PyObject *args) {
     pb.w = (const char *)(uintptr_t)w;
     pb.loss = (char *)(uintptr_t)loss;
     int nt = pb.n_threads < 1 ? 1 : (pb.n_threads > POOL_MAX ? POOL_MAX : pb.n_threads);
-    NllJob job = {&pb, item_rows(pb.n_rows, pb.n_cols, nt), 0, 0, -1};
+    NllJob job = {&pb, item_rows(pb.n_rows, pb.n_cols, nt, 0), 0, 0, -1};
     job.n_items = (pb.n_rows + job.rows - 1) / job.rows;
     if ((Py_ssize_t)nt > job.n_items) nt = job.n_items > 0 ? (int)job.n_items : 1;
     Py_BEGIN_ALLOW_THREADS

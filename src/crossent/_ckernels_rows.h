@@ -753,7 +753,7 @@ INLINE void TILE_GRAD(const Problem *pb, Py_ssize_t r, int nb, Py_ssize_t C,
            ends inside the tile (running past the row's end into the next rows, whose own
            stores come later and overwrite it), exact at the tile's end: what follows belongs
            to another tile, perhaps another thread, or to nothing */
-        VT a[SMALL_C / VL][VL];
+        VT a[(SMALL_C_MAX + VL - 1) / VL][VL];
         const int groups = (int)((C + VL - 1) / VL);
         for (int k = 0; k < groups; k++) {
             for (int j = 0; j < VL; j++) {
