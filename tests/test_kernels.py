@@ -183,49 +183,25 @@ def test_special_values(monkeypatch, dtype):
     assert got[2] == pytest.approx(2e30, rel=1e-6)
 
 
-def test_thread_counts_give_identical_results():
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(300, 257)).astype(np.float32)
-    t = rng.integers(0, 257, 300)
-    outs = []
-    try:
-        for n in (1, 2, 3):
-            _kernels.set_num_threads(n)
-            old = _kernels._MIN_ELEMENTS_PER_THREAD
-            _kernels._MIN_ELEMENTS_PER_THREAD = 1  # force the split at this small size
-            try:
-                outs.append(crossent.softmax_cross_entropy_value_and_grad(x, t, label_smoothing=0.1))
-            finally:
-                _kernels._MIN_ELEMENTS_PER_THREAD = old
-    finally:
-        _kernels.set_num_threads(None)
-    for loss, grad in outs[1:]:
-        np.testing.assert_array_equal(loss, outs[0][0])
-        np.testing.assert_array_equal(grad, outs[0][1])
-
-
 # ------------------------------------------------------- the thread pool
 
 @pytest.mark.parametrize("n, c", [(4099, 10), (300, 257), (40, 3000)])
-@pytest.mark.parametrize("opts", [dict(), dict(label_smoothing=0.1, z_loss=1e-3, softcap=5.0)])
-def test_rows_claimed_by_the_pools_threads_give_one_threads_bits(n, c, opts):
+@pytest.mark.parametrize("opts", [dict(), dict(label_smoothing=0.1),
+                                  dict(label_smoothing=0.1, z_loss=1e-3, softcap=5.0)])
+def test_thread_counts_give_identical_results(monkeypatch, n, c, opts):
     """Rows are split into items that whichever thread is free claims: every row must get
     the one-thread bits (tile and row kernels, forward and gradient), for any thread count,
-    more threads than cores included."""
+    more threads than cores included, the split forced at these small sizes."""
     rng = np.random.default_rng(11)
     x = (rng.normal(size=(n, c)) * 3).astype(np.float32)
     t = rng.integers(0, c, n)
+    monkeypatch.setattr(_kernels, "_MIN_ELEMENTS_PER_THREAD", 1)
     outs = []
     try:
         for threads in (1, 2, 3, 8):
             _kernels.set_num_threads(threads)
-            old = _kernels._MIN_ELEMENTS_PER_THREAD
-            _kernels._MIN_ELEMENTS_PER_THREAD = 1
-            try:
-                for _ in range(3):  # helpers awake (spinning) and asleep
-                    outs.append(crossent.softmax_cross_entropy_value_and_grad(x, t, **opts))
-            finally:
-                _kernels._MIN_ELEMENTS_PER_THREAD = old
+            for _ in range(3):  # helpers awake (spinning) and asleep
+                outs.append(crossent.softmax_cross_entropy_value_and_grad(x, t, **opts))
     finally:
         _kernels.set_num_threads(None)
     for loss, grad in outs[1:]:

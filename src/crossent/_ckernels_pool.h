@@ -19,6 +19,7 @@
  * its workers again on first use.
  */
 
+#include <signal.h>
 #include <time.h>
 
 /* The body every participant runs: claim items with pool_claim until none is left. */
@@ -89,6 +90,9 @@ static int pool_spin_while_nonzero(const int *p) {
 static void *pool_worker(void *arg) {
     const int tid = (int)(intptr_t)arg;
     unsigned long seen = pool_start_gen[tid];
+    sigset_t all; /* signals are for the program's own threads (Python's handlers) */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
     for (;;) {
         pool_spin_while_equal(&pool.gen, seen);
         pthread_mutex_lock(&pool.mu);
