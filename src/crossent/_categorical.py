@@ -287,7 +287,11 @@ def _plain_labels(xp: Any, target: Any, n_classes: int, ignore_index: Any) -> bo
         return False
     if math.prod(target.shape) == 0:
         return False
-    lo, hi = int(xp.min(target)), int(xp.max(target))
+    if array_api_compat.is_torch_array(target):
+        lo_t, hi_t = target.aminmax()  # one pass (and one call) instead of two
+        lo, hi = int(lo_t), int(hi_t)
+    else:
+        lo, hi = int(xp.min(target)), int(xp.max(target))
     return 0 <= lo and hi < n_classes and not (ignore_index is not None and lo <= ignore_index <= hi)
 
 

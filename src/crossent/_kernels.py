@@ -87,8 +87,9 @@ def set_num_threads(n: int | None) -> None:
 
     The default is ``CROSSENT_NUM_THREADS`` if set; else, when PyTorch is imported,
     ``torch.get_num_threads()``, so that a PyTorch program is not oversubscribed; else the
-    number of CPUs this process may run on. Small inputs use fewer threads (one per 32 K
-    elements at least), since starting a thread costs more than it saves there.
+    number of CPUs this process may run on. Small inputs use fewer threads (one per 16 K
+    elements at most): the threads are a persistent pool whose helpers claim work as they
+    come, but waking one still costs more than such a share of the work.
 
     Parameters
     ----------
