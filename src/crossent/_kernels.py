@@ -333,6 +333,7 @@ def softmax_ce(
     lse = np.empty(n_rows, dtype=kernel_dtype) if want_lse else None
     g = grad = None
     g_stride = 1
+    into_out = False
     if with_grad:
         # a reduced loss's upstream (1/N, or grad_output / denominator) is one value: the
         # kernel reads it with stride 0 rather than from an N-sized array built per call
@@ -345,9 +346,10 @@ def softmax_ce(
         if out is not None:
             # write straight into the caller's buffer when its rows can be addressed
             # (always for a C-contiguous out; out may be the logits themselves)
-            view = np.moveaxis(out, p.axis, -1)
+            view = out if p.axis == out.ndim - 1 else np.moveaxis(out, p.axis, -1)
             if view.flags.c_contiguous:
                 grad = view.reshape(n_rows, n_classes)
+                into_out = True
         if grad is None:
             grad = np.empty((n_rows, n_classes), dtype=x.dtype)
     launch(
@@ -378,7 +380,7 @@ def softmax_ce(
         if p.axis != dlogits.ndim - 1:
             dlogits = np.moveaxis(dlogits, -1, p.axis)
         if out is not None:
-            if grad.base is None or not np.shares_memory(grad, out):
+            if not into_out:
                 out[...] = dlogits  # out's rows were not addressable: copy once
             dlogits = out
     return result, None if lse is None else zero_dim(xp.reshape(lse, shape)), dlogits
