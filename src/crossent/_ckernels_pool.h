@@ -10,8 +10,11 @@
  *   counter. The caller starts at once; a helper that wakes late takes what is left, or
  *   nothing, so a call is never much slower than on one thread. Each item's result depends
  *   only on the item, never on the thread that ran it: the bits do not depend on timing.
- * - helpers spin briefly on the job counter after each job (POOL_SPIN_NS) before sleeping,
- *   so that back-to-back calls find them awake.
+ * - helpers spin briefly on the job counter after a job (POOL_SPIN_NS) before sleeping,
+ *   so that back-to-back calls find them awake - but only while calls do come back to back
+ *   (the last gap between jobs shorter than the spin): in a PyTorch training step the next
+ *   call is milliseconds away, and a spinning helper only takes a CPU from PyTorch's own
+ *   threads (a 256 x 1000 classifier step: +0.9 ms spinning after every call, +0.3 ms not).
  *
  * One job at a time: a second caller (another Python thread, the GIL being released while a
  * kernel runs) does not wait for the pool but runs its job alone. After fork() the child has
@@ -44,8 +47,10 @@ static struct {
     int open;            /* helpers may still join the current job */
     int active;          /* helpers inside the current job */
     int atfork;          /* child handler registered */
+    long long spin_ns;   /* how long helpers spin after the current job */
+    long long last_end;  /* when the last job ended (0: none yet) */
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-          PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, NULL, NULL, 0, 0, 0, 0};
+          PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, NULL, NULL, 0, 0, 0, 0, POOL_SPIN_NS, 0};
 
 static unsigned long pool_start_gen[POOL_MAX];
 
@@ -63,9 +68,10 @@ static inline long long pool_now_ns(void) {
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* spin until *p != v (returns 1) or about POOL_SPIN_NS have passed (returns 0) */
-static int pool_spin_while_equal(const unsigned long *p, unsigned long v) {
-    const long long until = pool_now_ns() + POOL_SPIN_NS;
+/* spin until *p != v (returns 1) or about ns nanoseconds have passed (returns 0) */
+static int pool_spin_while_equal(const unsigned long *p, unsigned long v, long long ns) {
+    if (ns <= 0) return 0;
+    const long long until = pool_now_ns() + ns;
     for (;;) {
         for (int i = 0; i < 64; i++) {
             if (__atomic_load_n(p, __ATOMIC_ACQUIRE) != v) return 1;
@@ -90,11 +96,12 @@ static int pool_spin_while_nonzero(const int *p) {
 static void *pool_worker(void *arg) {
     const int tid = (int)(intptr_t)arg;
     unsigned long seen = pool_start_gen[tid];
+    long long spin = POOL_SPIN_NS; /* (started for a job that is about to be published) */
     sigset_t all; /* signals are for the program's own threads (Python's handlers) */
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     for (;;) {
-        pool_spin_while_equal(&pool.gen, seen);
+        pool_spin_while_equal(&pool.gen, seen, spin);
         pthread_mutex_lock(&pool.mu);
         while (pool.gen == seen) {
             pool.sleepers++;
@@ -102,6 +109,7 @@ static void *pool_worker(void *arg) {
             pool.sleepers--;
         }
         seen = pool.gen;
+        spin = pool.spin_ns;
         if (!pool.open || tid >= pool.nt) { /* finished already, or not wanted this time */
             pthread_mutex_unlock(&pool.mu);
             continue;
@@ -157,7 +165,9 @@ static void pool_run(int nt, pool_fn fn, void *ctx) {
         return;
     }
     const int workers = pool_grow(nt - 1);
+    const long long start = pool_now_ns();
     pthread_mutex_lock(&pool.mu);
+    pool.spin_ns = pool.last_end && start - pool.last_end < POOL_SPIN_NS ? POOL_SPIN_NS : 0;
     pool.fn = fn;
     pool.ctx = ctx;
     pool.nt = workers + 1 < nt ? workers + 1 : nt;
@@ -175,6 +185,7 @@ static void pool_run(int nt, pool_fn fn, void *ctx) {
     pool_spin_while_nonzero(&pool.active);
     pthread_mutex_lock(&pool.mu);
     while (pool.active > 0) pthread_cond_wait(&pool.done, &pool.mu);
+    pool.last_end = pool_now_ns();
     pthread_mutex_unlock(&pool.mu);
     pthread_mutex_unlock(&pool.use);
 }
