@@ -25,6 +25,7 @@ __all__ = [
     "compute_dtype",
     "index_dtype",
     "isdtype",
+    "memo",
     "quiet",
     "zero_dim",
 ]
@@ -35,15 +36,7 @@ def _library_name(x: Any) -> str:
     return f"{t.__module__.split('.')[0]}.{t.__qualname__}"
 
 
-_NUMPY_XP: Any = None
 _INT64 = np.dtype(np.int64)
-
-
-def _numpy_xp() -> Any:
-    global _NUMPY_XP
-    if _NUMPY_XP is None:
-        _NUMPY_XP = _namespace_of_type(np.empty(0))
-    return _NUMPY_XP
 
 
 # The namespaces of exact np.ndarray and torch.Tensor (not subclasses: a subclass may
@@ -66,8 +59,6 @@ def namespace_of(input: Any, argument: str = "input") -> tuple[Any, Any]:
     xp = _XP_OF_TYPE.get(type(input))
     if xp is not None:  # the common cases, without array_namespace's lookups
         return xp, input
-    if type(input) is np.ndarray:
-        return _numpy_xp(), input
     if not array_api_compat.is_array_api_obj(input):
         if isinstance(input, (list, tuple, int, float, np.generic)):
             input = _convert(np.asarray, input, argument)
@@ -171,7 +162,7 @@ _MEMO: dict = {}
 _MEMO_MAX = 4096
 
 
-def _memo(key: Any, compute: Any) -> Any:
+def memo(key: Any, compute: Any) -> Any:
     """``compute()``, remembered under ``key`` once it has returned (errors are not)."""
     try:
         return _MEMO[key]
@@ -187,12 +178,12 @@ def _memo(key: Any, compute: Any) -> Any:
 
 def isdtype(xp: Any, dtype: Any, kind: Any) -> bool:
     """``xp.isdtype(dtype, kind)``, memoised."""
-    return _memo(("isdtype", id(xp), dtype, kind), lambda: bool(xp.isdtype(dtype, kind)))
+    return memo(("isdtype", id(xp), dtype, kind), lambda: bool(xp.isdtype(dtype, kind)))
 
 
 def compute_dtype(xp: Any, dtype: Any, argument: str) -> Any:
     """The dtype to compute in for a floating ``dtype``: float16/bfloat16 accumulate in float32."""
-    return _memo(("compute", id(xp), dtype), lambda: _compute_dtype(xp, dtype, argument))
+    return memo(("compute", id(xp), dtype), lambda: _compute_dtype(xp, dtype, argument))
 
 
 def _compute_dtype(xp: Any, dtype: Any, argument: str) -> Any:
@@ -211,10 +202,10 @@ def _compute_dtype(xp: Any, dtype: Any, argument: str) -> Any:
 
 def index_dtype(xp: Any, like: Any) -> Any:
     """The library's default indexing dtype (int64, or int32 for JAX without x64)."""
-    if xp is _NUMPY_XP:
+    if isinstance(like, np.ndarray):
         return _INT64
     device = array_api_compat.device(like)
-    return _memo(("index", id(xp), device),
+    return memo(("index", id(xp), device),
                  lambda: xp.__array_namespace_info__().default_dtypes(device=device)["indexing"])
 
 

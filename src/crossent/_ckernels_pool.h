@@ -68,25 +68,22 @@ static inline long long pool_now_ns(void) {
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* spin until *p != v (returns 1) or about ns nanoseconds have passed (returns 0) */
-static int pool_spin_while_equal(const unsigned long *p, unsigned long v, long long ns) {
+/* the conditions the pool waits for by spinning */
+static int pool_gen_changed(const void *seen) {
+    return __atomic_load_n(&pool.gen, __ATOMIC_ACQUIRE) != *(const unsigned long *)seen;
+}
+static int pool_helpers_done(const void *unused) {
+    (void)unused;
+    return __atomic_load_n(&pool.active, __ATOMIC_ACQUIRE) == 0;
+}
+
+/* spin until done(arg) (returns 1) or about ns nanoseconds have passed (returns 0) */
+static int pool_spin(int (*done)(const void *), const void *arg, long long ns) {
     if (ns <= 0) return 0;
     const long long until = pool_now_ns() + ns;
     for (;;) {
         for (int i = 0; i < 64; i++) {
-            if (__atomic_load_n(p, __ATOMIC_ACQUIRE) != v) return 1;
-            pool_relax();
-        }
-        if (pool_now_ns() > until) return 0;
-    }
-}
-
-/* spin until *p == 0 (returns 1) or about POOL_SPIN_NS have passed (returns 0) */
-static int pool_spin_while_nonzero(const int *p) {
-    const long long until = pool_now_ns() + POOL_SPIN_NS;
-    for (;;) {
-        for (int i = 0; i < 64; i++) {
-            if (__atomic_load_n(p, __ATOMIC_ACQUIRE) == 0) return 1;
+            if (done(arg)) return 1;
             pool_relax();
         }
         if (pool_now_ns() > until) return 0;
@@ -101,7 +98,7 @@ static void *pool_worker(void *arg) {
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     for (;;) {
-        pool_spin_while_equal(&pool.gen, seen, spin);
+        pool_spin(pool_gen_changed, &seen, spin);
         pthread_mutex_lock(&pool.mu);
         while (pool.gen == seen) {
             pool.sleepers++;
@@ -182,7 +179,7 @@ static void pool_run(int nt, pool_fn fn, void *ctx) {
     pthread_mutex_unlock(&pool.mu);
     /* helpers still in the job are finishing their last item: wait without sleeping (a
      * sleeping caller is woken as slowly as a sleeping helper) */
-    pool_spin_while_nonzero(&pool.active);
+    pool_spin(pool_helpers_done, NULL, POOL_SPIN_NS);
     pthread_mutex_lock(&pool.mu);
     while (pool.active > 0) pthread_cond_wait(&pool.done, &pool.mu);
     pool.last_end = pool_now_ns();

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import zero_dim
+from ._backend import memo, zero_dim
 
 
 def _load_kernels() -> Any:
@@ -161,15 +161,9 @@ def _note(path: str) -> None:
     _last_path = path
 
 
-_DTYPE_NAMES: dict = {}
-
-
 def dtype_name(dtype: Any) -> str:
     """``dtype.name``, memoised (NumPy computes it in Python, ~1.5 us)."""
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        name = _DTYPE_NAMES[dtype] = dtype.name
-    return name
+    return memo(("name", dtype), lambda: dtype.name)
 
 
 def storage_code(dtype_name: str) -> int | None:
