@@ -782,6 +782,45 @@ def test_gradient_pass_overlapped_with_the_next_row_gives_each_rows_own_bits(mon
         assert_close(grad, rgrad, x.dtype)
 
 
+@pytest.mark.parametrize("storage", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("c", [97, 700, 3001])
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+@pytest.mark.parametrize("kind", ["index", "soft"])
+def test_rows_finished_together_give_each_row_its_own_bits(monkeypatch, storage, c, opts, kind):
+    """Past the tiles' C, rows are finished (log1p, the loss, the gradient's factors) a
+    vector lane per row: 16 rows at a time in the forward (8 in float64), as many as keep
+    their exponentials within 8 KB with the gradient, one row splat over the lanes where
+    it is longer. A row must get the same bits whichever lane and batch it took: the
+    forward's loss is value_and_grad's, and a row computed alone or shifted by a few rows
+    among others gets its bits computed with all rows. Rows of every log1p branch: a
+    confident one, one with -inf logits, one with NaN."""
+    n = 37
+    x, t, opts = _row_problem(storage, opts, kind, n=n, c=c, seed=31, ignored_row=5)
+    x[3, 1] = 90.0
+    x[7, : c // 2] = -np.inf
+    x[9, 2] = np.nan
+    crossent.set_num_threads(1)
+    try:
+        loss, grad = crossent.softmax_cross_entropy_value_and_grad(x, t, **opts)
+        assert _kernels.kernel_info()["last_path"].startswith("kernel")
+        np.testing.assert_array_equal(np.asarray(crossent.softmax_cross_entropy(x, t, **opts)), loss)
+        if opts.get("reduction", "none") == "none":
+            for rows in [slice(i, i + 1) for i in (0, 3, 5, 7, 9, n - 1)] + [slice(3, None), slice(1, 30)]:
+                part_loss, part_grad = crossent.softmax_cross_entropy_value_and_grad(x[rows], t[rows], **opts)
+                np.testing.assert_array_equal(np.asarray(part_loss), np.asarray(loss)[rows])
+                np.testing.assert_array_equal(np.asarray(part_grad).view(np.uint8),
+                                              np.asarray(grad)[rows].view(np.uint8))
+                np.testing.assert_array_equal(np.asarray(crossent.softmax_cross_entropy(x[rows], t[rows], **opts)),
+                                              part_loss)
+    finally:
+        crossent.set_num_threads(None)
+    with reference_only(monkeypatch):
+        ref, rgrad = crossent.softmax_cross_entropy_value_and_grad(x, t, **opts)
+    np.testing.assert_array_equal(np.isnan(loss), np.isnan(ref))
+    fin = np.isfinite(ref)
+    assert_close(np.asarray(loss)[fin], np.asarray(ref)[fin], np.float32 if storage != "float64" else np.float64)
+
+
 @pytest.mark.parametrize("storage", ["float32", "bfloat16"])
 def test_big_gradients_written_with_streaming_stores_equal_the_cached_path(storage):
     """A gradient of 16 MiB or more is written with streaming (non-temporal) stores; odd C:

@@ -788,6 +788,23 @@ INLINE double sum_value(const Sum *a) {
 #ifndef SUM_BLOCK
 #define SUM_BLOCK (16 * L32)
 #endif
+/* EPI_BYTES / sizeof(T) rows are finished together (a vector lane each, _ckernels_rows.h
+ * EPI_RUN); with the gradient, as many as keep their exponentials within EPI_GRAD_BYTES */
+#define EPI_BYTES 64
+#ifndef EPI_GRAD_BYTES
+#define EPI_GRAD_BYTES (8 * 1024)
+#endif
+/* the elements of one row's slot in ebuf: whole 64-byte lines */
+static Py_ssize_t epi_slot(Py_ssize_t n_cols, size_t esz) {
+    const Py_ssize_t per_line = 64 / (Py_ssize_t)esz;
+    return (n_cols + per_line - 1) / per_line * per_line;
+}
+/* rows per batch with the gradient (1: rows finished one at a time) */
+static int epi_grad_rows(Py_ssize_t n_cols, size_t esz) {
+    const Py_ssize_t n = EPI_GRAD_BYTES / ((n_cols > 0 ? n_cols : 1) * (Py_ssize_t)esz);
+    const Py_ssize_t most = EPI_BYTES / (Py_ssize_t)esz;
+    return n < 1 ? 1 : (n > most ? (int)most : (int)n);
+}
 #ifndef PIPELINE_MIN_BYTES
 #define PIPELINE_MIN_BYTES 16384 /* rows this long overlap their gradient pass with the next row */
 #endif
@@ -1000,9 +1017,12 @@ static void row_share(void *ctx, int tid) {
             size_t n = (size_t)(pb->n_cols > 0 ? pb->n_cols : 1) * (small ? TILE : 1);
             /* stats: two 64-byte vectors per block of SUM_BLOCK (ROW_EXPSUM) */
             size_t ns = 2 * (size_t)((pb->n_cols + SUM_BLOCK - 1) / SUM_BLOCK + 1);
-            /* ebuf: two rows for ROWS (one row's gradient pass overlaps the next row's exps) */
+            /* ebuf: two rows for ROWS (one row's gradient pass overlaps the next row's exps)
+               or two batches of short rows (epi_grad_rows), each from a 64-byte boundary */
             zbuf = malloc(n * esz);
-            ebuf = malloc(n * esz * (small ? 1 : 2));
+            const size_t ne = small ? n : (size_t)epi_slot(pb->n_cols > 0 ? pb->n_cols : 1, esz) *
+                                              2 * (size_t)epi_grad_rows(pb->n_cols, esz);
+            ebuf = aligned_alloc(64, (ne * esz + 63) / 64 * 64);
             stats = aligned_alloc(64, ns * 64);
             if (!zbuf || !ebuf || !stats || !k) {
                 j->failed = 1; /* (a plain store: only ever set to 1, read after the join) */

@@ -13,7 +13,8 @@
  *     pass 3 writes the gradient from the exponentials pass 2 left in ebuf;
  *   - tiles_*: across TILE rows at a time (C small, where a row is shorter than a vector
  *     register): the tile is transposed into zbuf so that every vector lane is a row.
- * Both share row_finish(), the per-row scalar epilogue, so their results are identical.
+ * The row kernels finish rows a vector lane each (EPI_RUN: log1p, the loss, the
+ * gradient's factors), several rows at once; the tiles finish theirs the same way.
  */
 
 #define CAT2(a, b) a##_##b
@@ -40,12 +41,19 @@
 #define ROW_FINISH CAT(row_finish_all, SUFFIX)
 #define ROW_EXPSUM CAT(row_expsum, SUFFIX)
 #define VEXP_ANY CAT(vexp_any, SUFFIX)
+#define VEXP_LIVE CAT(vexp_live, SUFFIX)
+#define VEXPM1_LIVE CAT(vexpm1_live, SUFFIX)
 #define SOFTCAP CAT(softcap, SUFFIX)
 #define VFINISH CAT(vrow_finish, SUFFIX)
 #define TILE_GRAD CAT(tile_grad, SUFFIX)
 #define TILE_WSUM CAT(tile_wsum, SUFFIX)
 #define TILE_QCOL CAT(tile_qcol, SUFFIX)
 #define TILE_ACOL CAT(tile_acol, SUFFIX)
+#define EPI CAT(epilogues, SUFFIX)
+#define EPI_RUN CAT(epi_run, SUFFIX)
+#define EPI_FILL CAT(epi_fill, SUFFIX)
+#define EPI_STORE CAT(epi_store, SUFFIX)
+#define EPI_GRAD CAT(epi_grad, SUFFIX)
 
 /* The per-row epilogue: loss and lse from the row statistics; returns the gradient's
  * softmax coefficient (A in crossent._reference.softmax_grad_index). */
@@ -78,6 +86,40 @@ INLINE T FINISH(const Problem *pb, T m, T lse_s, T sw, T swz, T z_y, T w_y, int 
         if (zl > 0) coef += 2 * zl * w_y * lse;
     }
     *loss_out = loss;
+    return coef;
+}
+
+/* FINISH over vector lanes, a row each (ignored rows: loss and coefficient 0) */
+INLINE VT VFINISH(const Problem *pb, VT m, VT lse_s, VT sw, VT swz, VT z_y, VT w_y, VI ign,
+                  VT *loss_out, VT *lse_out) {
+    const int soft = pb->q != NULL;
+    const T eps = (T)pb->label_smoothing, zl = (T)pb->z_loss, w_sum = (T)pb->w_sum;
+    const T qeps = eps / (T)pb->n_cols, qkeep = 1 - eps;
+    const VT zero = {0}, inf = (VT){0} + (T)INFINITY;
+    const VT lse = m + lse_s;
+    VT loss = zero, coef;
+    if (soft) {
+        loss = lse_s * sw + swz;
+        if (zl > 0) loss += (zl * lse) * lse;
+        coef = zl > 0 ? sw + 2 * zl * lse : sw;
+    } else {
+        if (eps < 1) {
+            VT nll = lse_s - (z_y - m);
+            VT term = SEL((w_y == zero) & (nll == inf), zero, w_y * nll); /* 0 * inf = 0 */
+            loss = eps > 0 ? qkeep * term : term;
+        }
+        if (eps > 0) loss += qeps * (w_sum * lse_s + swz);
+        if (zl > 0) { /* as FINISH: the weight first, 0 * inf = 0 */
+            VT zt = ((w_y * zl) * lse) * lse;
+            loss += SEL((w_y == zero) & ((lse == inf) | (lse == -inf)), zero, zt);
+        }
+        coef = qkeep * w_y + qeps * w_sum;
+        if (zl > 0) coef += 2 * zl * w_y * lse;
+        loss = SEL(ign, zero, loss);
+        coef = SEL(ign, zero, coef);
+    }
+    *loss_out = loss;
+    *lse_out = lse;
     return coef;
 }
 
@@ -143,6 +185,35 @@ INLINE VT VEXP_ANY(VT s) {
     T t[VL];
     memcpy(t, &s, sizeof s);
     for (int j = 0; j < VL; j++) t[j] = EXP(t[j]);
+    memcpy(&s, t, sizeof s);
+    return s;
+#endif
+}
+
+/* exp and expm1 of a vector's first `live` lanes (the others: 0): where there is no
+ * vector form (float64), the scalar one lane by lane, and only for the lanes in use (a
+ * row finished alone would otherwise pay a float64 vector's 8 scalar exps per call) */
+INLINE VT VEXP_LIVE(VT s, int live) {
+#ifdef VEXP
+    (void)live;
+    return VEXP(s);
+#else
+    T t[VL];
+    memcpy(t, &s, sizeof s);
+    for (int j = 0; j < VL; j++) t[j] = j < live ? EXP(t[j]) : 0;
+    memcpy(&s, t, sizeof s);
+    return s;
+#endif
+}
+
+INLINE VT VEXPM1_LIVE(VT s, int live) {
+#ifdef VEXPM1
+    (void)live;
+    return VEXPM1(s);
+#else
+    T t[VL];
+    memcpy(t, &s, sizeof s);
+    for (int j = 0; j < VL; j++) t[j] = j < live ? EXPM1(t[j]) : 0;
     memcpy(&s, t, sizeof s);
     return s;
 #endif
@@ -440,36 +511,139 @@ INLINE void ROW_ZBUF(const Problem *pb, const char *xrow, T *restrict zbuf, Py_s
     }
 }
 
-/* After passes 1 and 2 of row r: loss and lse written, and for the gradient pass the
- * softmax factor pc, the upstream gradient gr and the target entry. Returns whether the
- * gradient pass follows (0: no gradient wanted; an ignored row's gradient is zeroed here).
- * Not inlined: one compiled copy serves the row and the wide paths, so that a row's
- * scalars are the same bits whichever computed it (see FMA_T). */
-static __attribute__((noinline)) int ROW_FINISH(const Problem *pb, Py_ssize_t r, const char *xrow, const T *z, T m,
-                      double rest, double top, const Sum *sw, const Sum *swz, T *pc, T *gr,
-                      T *target) {
+/* The epilogues of EPI_N rows at once, a vector lane each: log1p (three divisions in a
+ * latency chain), FINISH and, for the gradient, the softmax factor and the target entry
+ * (exp and expm1). One row at a time these were a quarter of the loss + gradient at
+ * C = 100 and a tenth of the forward at C = 1000. Every caller goes through EPI_RUN, also
+ * for a single row (splat over the lanes): a row's results are then the same bits whether
+ * it was finished alone (long rows, wide rows) or with its neighbours, since every lane
+ * runs the same vector instructions (EPI_N is a multiple of the vector width: no scalar
+ * remainder). EPI_RUN is not inlined: one compiled copy serves every caller, since GCC's
+ * contraction choices are made per copy (see FMA_T). */
+#define EPI_N (EPI_BYTES / (int)sizeof(T))
+typedef __typeof__(((VI){0})[0]) CAT(epi_mask, SUFFIX);
+typedef struct {
+    /* in: x = rest + (top - 1) (lse_s = log1p(x)), den = rest + top (1 with the saved
+       lse), the shift, the weighted sums, the target's logit and weight, the upstream
+       gradient */
+    T x[EPI_N], den[EPI_N], m[EPI_N], sw[EPI_N], swz[EPI_N], z_y[EPI_N], w_y[EPI_N], gr[EPI_N];
+    CAT(epi_mask, SUFFIX) ign[EPI_N]; /* -1: an ignored row */
+    /* out */
+    T lse_s[EPI_N], loss[EPI_N], lse[EPI_N], coef[EPI_N], pc[EPI_N], target[EPI_N];
+} EPI;
+
+/* the first n lanes of e (the others' outputs: unspecified) */
+static __attribute__((noinline)) void EPI_RUN(const Problem *pb, EPI *restrict e, int n) {
+    const T eps = (T)pb->label_smoothing, qeps = eps / (T)pb->n_cols, qkeep = 1 - eps;
+    if (pb->lse_in) { /* backward with the saved lse: the shift is the lse */
+        memset(e->lse_s, 0, sizeof e->lse_s);
+    } else {
+#pragma omp simd
+        for (int b = 0; b < EPI_N; b++) e->lse_s[b] = LOG1P(e->x[b]);
+    }
+    for (int k = 0; k < n; k += VL) {
+        VT m, ls, sw, swz, zy, wy, loss, lse, coef;
+        VI ign;
+        memcpy(&m, e->m + k, sizeof m);
+        memcpy(&ls, e->lse_s + k, sizeof ls);
+        memcpy(&sw, e->sw + k, sizeof sw);
+        memcpy(&swz, e->swz + k, sizeof swz);
+        memcpy(&zy, e->z_y + k, sizeof zy);
+        memcpy(&wy, e->w_y + k, sizeof wy);
+        memcpy(&ign, e->ign + k, sizeof ign);
+        coef = VFINISH(pb, m, ls, sw, swz, zy, wy, ign, &loss, &lse);
+        memcpy(e->coef + k, &coef, sizeof coef);
+        memcpy(e->loss + k, &loss, sizeof loss);
+        memcpy(e->lse + k, &lse, sizeof lse);
+        if (!pb->g) continue;
+        VT gr, den, pc, target = {0};
+        memcpy(&gr, e->gr + k, sizeof gr);
+        memcpy(&den, e->den + k, sizeof den);
+        /* the softmax's 1 / sum exp(z - m), from the sum itself (exp(-lse_s) cost a
+           vector exp per row where rows are finished one at a time, and added lse_s's
+           error) */
+        pc = coef * gr / den;
+        if (!pb->q) {
+            /* p_y - 1 = expm1(s_y - lse_s), exact for a confident row where p_y rounds to 1
+               (Liger PR #1329's catastrophic cancellation) */
+            const VT sy = (zy - m) - ls;
+            target = gr * (qkeep * wy * VEXPM1_LIVE(sy, n - k) +
+                           VEXP_LIVE(sy, n - k) * (coef - qkeep * wy) - qeps * wy);
+        }
+        memcpy(e->pc + k, &pc, sizeof pc);
+        memcpy(e->target + k, &target, sizeof target);
+    }
+}
+
+/* lane b of e (splat: every lane) <- row r's statistics after passes 1 and 2. A single row
+ * is splat with whole-vector stores: EPI_RUN's vector loads of one stored lane would wait
+ * for the store (no store forwarding). */
+INLINE void EPI_FILL(const Problem *pb, EPI *e, int b, const int splat, Py_ssize_t r,
+                     const char *xrow, const T *z, T m, double rest, double top, const Sum *sw,
+                     const Sum *swz) {
     const T *restrict w = (const T *)pb->w;
     const int soft = pb->q != NULL;
     const int64_t yi = soft ? 0 : pb->y[r];
     const int ignored = !soft && yi < 0;
+    const T x = (T)(rest + (top - 1)), den = pb->lse_in ? 1 : (T)(rest + top);
+    const T sw_ = (T)sum_value(sw), swz_ = (T)sum_value(swz);
     const T z_y = (soft || ignored) ? 0 : (z ? z[yi] : LOAD(xrow, yi));
     const T w_y = (soft || ignored || !w) ? 1 : w[yi];
-    /* the maximal terms kept out of the sum */
-    const T lse_s = pb->lse_in ? 0 : LOG1P((T)(rest + (top - 1)));
-    T loss_r, lse_r;
-    const T coef = FINISH(pb, m, lse_s, (T)sum_value(sw), (T)sum_value(swz), z_y, w_y,
-                          ignored, &loss_r, &lse_r);
-    if (pb->loss) ((T *)pb->loss)[r] = loss_r; /* both NULL in backward-only (lse_in) mode */
-    if (pb->lse) ((T *)pb->lse)[r] = lse_r;
+    const T gr = (pb->g && !ignored) ? ((const T *)pb->g)[r * pb->g_stride] : 0;
+#define EPI_PUT(F, V, VTYPE)                                                             \
+    if (splat) {                                                                         \
+        for (int k = 0; k < EPI_N; k += VL) {                                            \
+            const VTYPE v = (VTYPE){0} + (V);                                            \
+            memcpy(e->F + k, &v, sizeof v);                                              \
+        }                                                                                \
+    } else {                                                                             \
+        e->F[b] = (V);                                                                   \
+    }
+    EPI_PUT(x, x, VT)
+    EPI_PUT(den, den, VT)
+    EPI_PUT(m, m, VT)
+    EPI_PUT(sw, sw_, VT)
+    EPI_PUT(swz, swz_, VT)
+    EPI_PUT(z_y, z_y, VT)
+    EPI_PUT(w_y, w_y, VT)
+    EPI_PUT(gr, gr, VT)
+    EPI_PUT(ign, ignored ? -1 : 0, VI)
+#undef EPI_PUT
+}
+
+/* the loss and lse of e's first n lanes: rows r0 .. r0 + n - 1 */
+INLINE void EPI_STORE(const Problem *pb, const EPI *e, Py_ssize_t r0, int n) {
+    if (pb->loss) memcpy((T *)pb->loss + r0, e->loss, (size_t)n * sizeof(T));
+    if (pb->lse) memcpy((T *)pb->lse + r0, e->lse, (size_t)n * sizeof(T));
+}
+
+/* the gradient rows of lane b (row r): zeros for an ignored row */
+INLINE void EPI_GRAD(const Problem *pb, const EPI *e, int b, Py_ssize_t r, const T *z,
+                     T *restrict ebuf) {
+    char *grow = pb->grad + (size_t)r * pb->grad_stride * elsize(pb->dtype);
+    if (e->ign[b]) {
+        memset(grow, 0, (size_t)pb->n_cols * elsize(pb->dtype));
+        return;
+    }
+    const T *qrow = pb->q ? (const T *)pb->q + (size_t)r * pb->n_cols : NULL;
+    const int64_t yi = pb->q ? 0 : pb->y[r];
+    ROW_GRAD(pb, z, qrow, ebuf, grow, 0, pb->n_cols, e->pc[b], e->gr[b], yi, e->target[b]);
+}
+
+/* After passes 1 and 2 of one row finished alone (with the gradient: long rows, wide rows):
+ * loss and lse written, e's lane 0 holding pc, gr and target for the gradient pass.
+ * Returns whether that pass follows (0: an ignored row, its gradient zeroed here). */
+INLINE int ROW_FINISH(const Problem *pb, EPI *restrict e, Py_ssize_t r, const char *xrow,
+                      const T *z, T m, double rest, double top, const Sum *sw, const Sum *swz) {
+    EPI_FILL(pb, e, 0, 1, r, xrow, z, m, rest, top, sw, swz);
+    EPI_RUN(pb, e, 1);
+    EPI_STORE(pb, e, r, 1); /* both NULL in backward-only (lse_in) mode */
     if (!pb->g) return 0;
-    if (ignored) {
+    if (e->ign[0]) {
         memset(pb->grad + (size_t)r * pb->grad_stride * elsize(pb->dtype), 0,
                (size_t)pb->n_cols * elsize(pb->dtype));
         return 0;
     }
-    *gr = ((const T *)pb->g)[r * pb->g_stride];
-    *pc = EXP(-lse_s) * coef * *gr;
-    *target = soft ? 0 : GRAD_TARGET(pb, z_y - m, lse_s, w_y, coef, *gr);
     return 1;
 }
 
@@ -487,8 +661,31 @@ static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
        second half of ebuf; not with zbuf (it would be overwritten by then), nor for short
        rows (at C = 1000 the slicing cost more than the overlap gained: +8 %) */
     const int pipe = want_grad && !use_zbuf && row_bytes >= PIPELINE_MIN_BYTES;
+    /* rows finished nb_epi at a time (EPI_RUN): EPI_N in the forward; with the gradient
+       as many as keep their exponentials in L1 (EPI_GRAD_BYTES of ebuf per batch; more,
+       and the gradient passes read ebuf from L2: +10 % at C = 300), not with zbuf (one
+       row's). A batch's gradient passes then run one per row of the next batch, from the
+       other half of ebuf (as PEND does for long rows): run after the batch's epilogue, all
+       at once, they left the memory's reads idle and then its writes (+10-15 % at
+       C = 300-500 with streaming stores). */
+    const int nb_epi = !want_grad ? EPI_N : (use_zbuf || pipe) ? 1 : epi_grad_rows(C, sizeof(T));
+    const int batch = nb_epi > 1;
+    const Py_ssize_t ld_e = epi_slot(C, sizeof(T)); /* a row's slot in ebuf: 64-byte aligned */
     PEND pend;
     memset(&pend, 0, sizeof pend);
+    EPI epis[2]; /* the batch being filled and the one whose gradient passes are pending */
+    memset(epis, 0, sizeof epis); /* lanes past the last row: finite inputs */
+    EPI *const epi = &epis[0];
+    Py_ssize_t r_epi = r0, r_pend = r0;
+    int n_pend = 0, at_pend = 0, par_pend = 0;
+#define PEND_ROW()                                                                       \
+    {                                                                                    \
+        const Py_ssize_t rp = r_pend + at_pend;                                          \
+        const char *xp = pb->x + (size_t)rp * pb->row_stride * esz;                      \
+        EPI_GRAD(pb, &epis[par_pend], at_pend, rp, STORAGE_IS_T ? (const T *)xp : NULL,  \
+                 ebuf + (par_pend * nb_epi + at_pend) * ld_e);                           \
+        at_pend++;                                                                       \
+    }
     for (Py_ssize_t r = r0; r < r1; r++) {
         const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;
         const T *restrict z = STORAGE_IS_T ? (const T *)xrow : NULL;
@@ -506,7 +703,11 @@ static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
         const char *near = ahead > 1 && row_bytes <= NEAR_PREFETCH_BYTES && r + 1 < r1
                                ? xrow + pb->row_stride * esz
                                : NULL;
-        T *restrict eb = pipe ? ebuf + (r & 1) * C : ebuf;
+        const int b = (int)((r - r0) % nb_epi); /* lane of the batch */
+        const int par = (int)(((r - r0) / nb_epi) & 1); /* which of epis, which half of ebuf */
+        if (b == 0) r_epi = r;
+        T *restrict eb = pipe ? ebuf + (r & 1) * C
+                              : (batch && want_grad ? ebuf + (par * nb_epi + b) * ld_e : ebuf);
         PEND *pp = pipe ? &pend : NULL;
         if (z) ROW_EXPSUM(pb, (const char *)z, 1, C, lse_in ? lse_in + r : NULL, want_grad, eb,
                           stats, &m, &rest, &top, next, near, pp);
@@ -526,15 +727,32 @@ static void ROWS(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                 sum_add(&swz, bwz);
             }
         }
-        T pc, gr, target;
-        if (!ROW_FINISH(pb, r, xrow, z, m, rest, top, &sw, &swz, &pc, &gr, &target)) continue;
-        char *grow = pb->grad + (size_t)r * pb->grad_stride * esz;
+        if (batch) {
+            EPI_FILL(pb, &epis[par], b, 0, r, xrow, z, m, rest, top, &sw, &swz);
+            if (at_pend < n_pend) PEND_ROW()
+            if (b == nb_epi - 1 || r == r1 - 1) {
+                while (at_pend < n_pend) PEND_ROW()
+                EPI_RUN(pb, &epis[par], b + 1);
+                EPI_STORE(pb, &epis[par], r_epi, b + 1);
+                if (want_grad) {
+                    r_pend = r_epi;
+                    n_pend = b + 1;
+                    at_pend = 0;
+                    par_pend = par;
+                }
+            }
+            continue;
+        }
+        if (!ROW_FINISH(pb, epi, r, xrow, z, m, rest, top, &sw, &swz)) continue;
         if (pipe) {
-            pend = (PEND){z, qrow, eb, grow, pc, gr, target, yi, 0};
+            char *grow = pb->grad + (size_t)r * pb->grad_stride * esz;
+            pend = (PEND){z, qrow, eb, grow, epi->pc[0], epi->gr[0], epi->target[0], yi, 0};
         } else {
-            ROW_GRAD(pb, z, qrow, ebuf, grow, 0, C, pc, gr, yi, target);
+            EPI_GRAD(pb, epi, 0, r, z, ebuf);
         }
     }
+    while (at_pend < n_pend) PEND_ROW()
+#undef PEND_ROW
     PEND_STEP(pb, pipe ? &pend : NULL, C);
 }
 
@@ -590,6 +808,7 @@ static void WIDE_ROWS(WideJob *j) {
     const T *bw = (const T *)j->bw;
     const VT *bsum = (const VT *)j->bsum, *stats = (const VT *)j->stats;
     const size_t esz = elsize(pb->dtype);
+    EPI epi;
     for (Py_ssize_t r = 0; r < pb->n_rows; r++) {
         const char *xrow = pb->x + (size_t)r * pb->row_stride * esz;
         const T *z = USE_ZBUF(pb) ? (const T *)j->zbuf : (STORAGE_IS_T ? (const T *)xrow : NULL);
@@ -618,53 +837,17 @@ static void WIDE_ROWS(WideJob *j) {
                 sum_add(&swz, bw[2 * k + 1]);
             }
         }
-        T pc, gr, target;
-        if (!ROW_FINISH(pb, r, xrow, z, m, hsum_f64(rest[0] + rest[1]), (double)HSUM(top), &sw,
-                        &swz, &pc, &gr, &target))
+        if (!ROW_FINISH(pb, &epi, r, xrow, z, m, hsum_f64(rest[0] + rest[1]),
+                        (double)HSUM(top), &sw, &swz))
             continue;
-        j->pc = pc;
-        j->gr = gr;
-        j->target = target;
+        j->pc = epi.pc[0];
+        j->gr = epi.gr[0];
+        j->target = epi.target[0];
         j->phase = 3;
         wide_run(j, WIDE_PHASE);
     }
 }
 
-#if VL == TILE
-/* FINISH for a tile: one row per lane (ignored rows: loss and coefficient 0) */
-INLINE VT VFINISH(const Problem *pb, VT m, VT lse_s, VT sw, VT swz, VT z_y, VT w_y, VI ign,
-                  VT *loss_out, VT *lse_out) {
-    const int soft = pb->q != NULL;
-    const T eps = (T)pb->label_smoothing, zl = (T)pb->z_loss, w_sum = (T)pb->w_sum;
-    const T qeps = eps / (T)pb->n_cols, qkeep = 1 - eps;
-    const VT zero = {0}, inf = (VT){0} + (T)INFINITY;
-    const VT lse = m + lse_s;
-    VT loss = zero, coef;
-    if (soft) {
-        loss = lse_s * sw + swz;
-        if (zl > 0) loss += (zl * lse) * lse;
-        coef = zl > 0 ? sw + 2 * zl * lse : sw;
-    } else {
-        if (eps < 1) {
-            VT nll = lse_s - (z_y - m);
-            VT term = SEL((w_y == zero) & (nll == inf), zero, w_y * nll); /* 0 * inf = 0 */
-            loss = eps > 0 ? qkeep * term : term;
-        }
-        if (eps > 0) loss += qeps * (w_sum * lse_s + swz);
-        if (zl > 0) { /* as FINISH: the weight first, 0 * inf = 0 */
-            VT zt = ((w_y * zl) * lse) * lse;
-            loss += SEL((w_y == zero) & ((lse == inf) | (lse == -inf)), zero, zt);
-        }
-        coef = qkeep * w_y + qeps * w_sum;
-        if (zl > 0) coef += 2 * zl * w_y * lse;
-        loss = SEL(ign, zero, loss);
-        coef = SEL(ign, zero, coef);
-    }
-    *loss_out = loss;
-    *lse_out = lse;
-    return coef;
-}
-#endif
 
 /* column c of a tile's soft targets, a lane per row: 0 without soft targets and past the
  * tile's last row */
@@ -1171,6 +1354,8 @@ static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t r1,
 #undef ROW_FINISH
 #undef ROW_EXPSUM
 #undef VEXP_ANY
+#undef VEXP_LIVE
+#undef VEXPM1_LIVE
 #undef SOFTCAP
 #undef VFINISH
 #undef TILE_GRAD
@@ -1183,6 +1368,12 @@ static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t r1,
 #undef GRAD_CHUNK_END
 #undef ROWS
 #undef TILES
+#undef EPI
+#undef EPI_N
+#undef EPI_RUN
+#undef EPI_FILL
+#undef EPI_STORE
+#undef EPI_GRAD
 #undef FINISH
 #undef GRAD_TARGET
 #undef CAT
