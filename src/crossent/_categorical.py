@@ -595,6 +595,11 @@ def _softmax(
 ) -> tuple[Any, Any, Any]:
     """``(reduced loss, lse, dlogits or None)``: the one implementation of the logits path
     (lse may be None when not ``want_lse``)."""
+    plain = _kernels.plain_softmax_ce(logits, target, axis, weight, ignore_index, label_smoothing,
+                                      z_loss, softcap, reduction, with_grad, grad_output, out,
+                                      want_lse)
+    if plain is not None:
+        return plain
     zl = check_nonnegative("z_loss", z_loss)
     cap = check_softcap(softcap)
     p = _prepare(

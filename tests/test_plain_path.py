@@ -1,0 +1,168 @@
+"""The plain NumPy path (``_kernels.plain_softmax_ce``): the common call (float32/float64
+logits, class axis last, every label a class index, no weight, z-loss, soft-capping or
+grad_output) skips the general validation and dispatch. It must give the general path's
+results bit for bit — values, dtypes, 0-d arrays, ``out=`` identity — and hand everything
+else, bad input above all, to the general path, which raises the precise error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import crossent
+from crossent import _kernels
+
+pytestmark = pytest.mark.skipif(not _kernels.available(), reason="compiled kernels not built")
+
+
+def _general_only(monkeypatch):
+    monkeypatch.setattr(_kernels, "plain_softmax_ce", lambda *a, **k: None)
+
+
+def _calls(x, y, opts):
+    out = {}
+    out["fwd"] = crossent.softmax_cross_entropy(x, y, **opts)
+    out["fwd_lse"] = crossent.softmax_cross_entropy(x, y, return_lse=True, **opts)
+    out["vag"] = crossent.softmax_cross_entropy_value_and_grad(x, y, **opts)
+    out["vag_lse"] = crossent.softmax_cross_entropy_value_and_grad(x, y, return_lse=True, **opts)
+    return out
+
+
+def _assert_same(a, b):
+    if isinstance(a, tuple):
+        assert isinstance(b, tuple) and len(a) == len(b)
+        for u, v in zip(a, b):
+            _assert_same(u, v)
+        return
+    assert type(a) is type(b) is np.ndarray
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(7,), (1, 5), (64, 10), (33, 97), (3, 4, 130), (5, 2000)])
+@pytest.mark.parametrize("opts", [dict(), dict(reduction="mean"), dict(reduction="sum"),
+                                  dict(label_smoothing=0.1, reduction="mean"),
+                                  dict(label_smoothing=1, reduction="sum"),
+                                  dict(ignore_index=-100), dict(axis=-1, z_loss=0.0)])
+def test_plain_path_gives_the_general_paths_bits(monkeypatch, dtype, shape, opts):
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.normal(size=shape) * 3).astype(dtype)
+    if x.size > 2:
+        x.reshape(-1)[1] = np.nan  # NaN propagates to its row alike
+    y = rng.integers(0, shape[-1], shape[:-1])
+    taken = []
+    real = _kernels.plain_softmax_ce
+    with monkeypatch.context() as m:
+        m.setattr(_kernels, "plain_softmax_ce", lambda *a: taken.append(real(*a)) or taken[-1])
+        plain = _calls(x, y, opts)
+    assert len(taken) == 4 and all(r is not None for r in taken)  # the plain path ran
+    assert _kernels.kernel_info()["last_path"] == f"kernel ({dtype})"
+    with monkeypatch.context() as m:
+        _general_only(m)
+        general = _calls(x, y, opts)
+    for key in plain:
+        _assert_same(plain[key], general[key])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_plain_path_writes_into_out_as_the_general_path_does(monkeypatch, dtype):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 120)).astype(dtype)
+    y = rng.integers(0, 120, 40)
+    out = np.empty_like(x)
+    loss, g = crossent.softmax_cross_entropy_value_and_grad(x, y, reduction="mean", out=out)
+    assert g is out
+    with monkeypatch.context() as m:
+        _general_only(m)
+        ref_loss, ref = crossent.softmax_cross_entropy_value_and_grad(x, y, reduction="mean")
+    _assert_same((loss, out), (ref_loss, ref))
+    # in place: the logits become their gradient
+    x2 = x.copy()
+    loss2, g2 = crossent.softmax_cross_entropy_value_and_grad(x2, y, reduction="mean", out=x2)
+    assert g2 is x2
+    _assert_same((loss2, x2), (ref_loss, ref))
+
+
+@pytest.mark.parametrize("view", ["class_stride", "row_stride", "reversed", "transposed"])
+def test_plain_path_reads_strided_logits_correctly(monkeypatch, view):
+    """Views the kernel cannot read as rows are copied first; row-strided ones are read in
+    place (their buffer passed with its layout); the results are the contiguous array's."""
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(30, 200)).astype(np.float32)
+    x = {"class_stride": base[:, ::2], "row_stride": base[::3, :50], "reversed": base[::-1],
+         "transposed": base.T[:100].T}[view]
+    y = rng.integers(0, x.shape[-1], x.shape[0])
+    got = crossent.softmax_cross_entropy_value_and_grad(x, y, reduction="sum")
+    ref = crossent.softmax_cross_entropy_value_and_grad(np.ascontiguousarray(x), y, reduction="sum")
+    _assert_same(got, ref)
+
+
+def test_read_only_logits_and_labels_are_read():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(16, 90)).astype(np.float32)
+    y = rng.integers(0, 90, 16)
+    ref = crossent.softmax_cross_entropy(x, y)
+    x.flags.writeable = False
+    y.flags.writeable = False
+    _assert_same(crossent.softmax_cross_entropy(x, y), ref)
+
+
+@pytest.mark.parametrize("case", ["label_too_big", "negative_label", "ignored_label", "float_labels",
+                                  "int_logits", "read_only_out", "wrong_out_dtype", "list_input",
+                                  "axis_0", "weight", "grad_output", "bad_reduction", "bad_smoothing"])
+def test_everything_else_takes_the_general_path(case):
+    """Anything the plain path does not handle reaches the general path: the same results
+    where the call is valid, the general path's precise error where it is not."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 6)).astype(np.float32)
+    y = rng.integers(0, 6, 8)
+    kwargs = {}
+    error = None
+    if case == "label_too_big":
+        y[3] = 6
+        error = "target"
+    elif case == "negative_label":
+        y[2] = -1
+        error = "target"
+    elif case == "ignored_label":
+        y[2] = -100
+        kwargs["ignore_index"] = -100
+    elif case == "float_labels":
+        y = y.astype(np.float32)
+        error = "target"
+    elif case == "int_logits":
+        x = (x * 10).astype(np.int32)
+        error = "logits"
+    elif case == "read_only_out":
+        out = np.empty_like(x)
+        out.flags.writeable = False
+        kwargs["out"] = out
+        error = "out"
+    elif case == "wrong_out_dtype":
+        kwargs["out"] = np.empty(x.shape, np.float64)
+        error = "out"
+    elif case == "list_input":
+        x = x.tolist()
+    elif case == "axis_0":
+        x = np.ascontiguousarray(x.T)
+        kwargs["axis"] = 0
+    elif case == "weight":
+        kwargs["weight"] = np.linspace(0.5, 1.5, 6).astype(np.float32)
+    elif case == "grad_output":
+        kwargs["grad_output"] = np.float32(2.0)
+        kwargs["reduction"] = "sum"
+    elif case == "bad_reduction":
+        kwargs["reduction"] = "avg"
+        error = "reduction"
+    elif case == "bad_smoothing":
+        kwargs["label_smoothing"] = 1.5
+        error = "label_smoothing"
+    if error is not None:
+        with pytest.raises(crossent.CrossEntropyError) as info:
+            crossent.softmax_cross_entropy_value_and_grad(x, y, **kwargs)
+        assert info.value.argument == error
+        return
+    loss, grad = crossent.softmax_cross_entropy_value_and_grad(x, y, **kwargs)
+    assert np.all(np.isfinite(np.asarray(loss)))
+    assert grad.shape == np.shape(x)
