@@ -380,6 +380,74 @@ def _kernel_code(input: torch.Tensor, cdt: torch.dtype) -> int | None:
     return code
 
 
+_INDEX_DTYPES = frozenset({torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8})
+_PLAIN_CODES = {torch.float32: 0, torch.float64: 1}
+_torch_xp: Any = None
+
+
+def _plain_cross_entropy(
+    input: Any,
+    target: Any,
+    weight: Any,
+    ignore_index: Any,
+    reduction: Any,
+    label_smoothing: Any,
+    z_loss: Any,
+    softcap: Any,
+    return_lse: bool,
+    num_items: Any,
+) -> Any:
+    """The common call in a few Python steps: a CPU ``(N, C)`` float32/float64 tensor,
+    class indices all in ``[0, C)`` and none equal to ``ignore_index``, no class weight,
+    z-loss, soft-capping, ``num_items`` or autocast. The same Function and the same
+    reduction ops as the general path (same values and graph), without its validation
+    (~30 us a call: the array-API namespace, option checks, a problem object). None for
+    anything else: the general path then validates, raises the precise error, and runs."""
+    global _torch_xp
+    if type(input) is not torch.Tensor and type(input) is not torch.nn.Parameter:
+        return None
+    if type(target) is not torch.Tensor or weight is not None or softcap is not None:
+        return None
+    code = _PLAIN_CODES.get(input.dtype)
+    if code is None or num_items is not None or input.ndim != 2 or input.device.type != "cpu":
+        return None
+    n_rows, n_classes = input.shape
+    if target.dtype not in _INDEX_DTYPES or target.shape != (n_rows,) or n_rows * n_classes == 0:
+        return None
+    if type(reduction) is not str or reduction not in ("none", "mean", "sum"):
+        return None
+    eps = label_smoothing
+    if type(eps) not in (float, int) or not 0.0 <= eps <= 1.0:
+        return None
+    if type(z_loss) not in (float, int) or z_loss != 0:
+        return None
+    if target.device.type != "cpu" or _autocast_enabled("cpu") or not _kernels.available():
+        return None
+    lo_t, hi_t = target.aminmax()
+    lo, hi = int(lo_t), int(hi_t)
+    if lo < 0 or hi >= n_classes:
+        return None
+    if ignore_index is not None and (type(ignore_index) is not int or lo <= ignore_index <= hi):
+        return None
+    if _torch_xp is None:
+        import array_api_compat
+
+        _torch_xp = array_api_compat.array_namespace(input)
+    y = (target if target.dtype == torch.int64 else target.to(torch.int64)).contiguous()
+    plan = _Plan(xp=_torch_xp, axis=1, eps=float(eps), z_loss=0.0, softcap=None, cdt=input.dtype,
+                 code=code, w_sum=float(n_classes))
+    loss, lse = _SoftmaxCrossEntropy.apply(input, y, None, None, plan)
+    loss, lse = loss.view((n_rows,)), lse.view((n_rows,))
+    _kernels._note("torch kernel (float64)" if code == 1 else "torch kernel (float32)")
+    if reduction == "none":
+        out = loss
+    else:  # as the general path: sum, then over float(N) for "mean"
+        out = torch.sum(loss)
+        if reduction == "mean":
+            out = out / float(n_rows)
+    return (out, lse) if return_lse else out
+
+
 @_disable_compile
 def _cross_entropy(
     input: Any,
@@ -401,6 +469,10 @@ def _cross_entropy(
             value=type(input).__name__,
             expected="torch.Tensor",
         )
+    plain = _plain_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
+                                 z_loss, softcap, return_lse, num_items)
+    if plain is not None:
+        return plain
     zl = check_nonnegative("z_loss", z_loss)
     cap = check_softcap(softcap)
     _check_device("target", target, input)
