@@ -1,6 +1,6 @@
 """The plain NumPy path (``_kernels.plain_softmax_ce``): the common call (float32/float64
-logits, class axis last, every label a class index, no weight, z-loss, soft-capping or
-grad_output) skips the general validation and dispatch. It must give the general path's
+logits, class axis last, every label a class index or ignore_index, no weight, z-loss,
+soft-capping or grad_output) skips the general validation and dispatch. It must give the general path's
 results bit for bit — values, dtypes, 0-d arrays, ``out=`` identity — and hand everything
 else, bad input above all, to the general path, which raises the precise error."""
 
@@ -66,6 +66,45 @@ def test_plain_path_gives_the_general_paths_bits(monkeypatch, dtype, shape, opts
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("ignore_index, which", [(-100, "some"), (-100, "all"), (2, "some"), (2, "first"),
+                                                 (2, "absent")])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
+def test_plain_path_with_ignored_examples_gives_the_general_paths_bits(monkeypatch, dtype, reduction,
+                                                                      ignore_index, which,
+                                                                      label_smoothing):
+    """Labels equal to ignore_index (padding) stay on the plain path: loss 0 and gradient 0
+    there, "mean" over the other examples (NaN when there are none), as the general path."""
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(37, 120)) * 3).astype(dtype)
+    y = rng.integers(0, 120, 37)
+    y[y == 2] = 3
+    if which == "some":
+        y[::4] = ignore_index
+    elif which == "all":
+        y[:] = ignore_index
+    elif which == "first":
+        y[0] = ignore_index  # ("absent": between the least and the largest label, on none)
+    opts = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
+    taken = []
+    real = _kernels.plain_softmax_ce
+    with monkeypatch.context() as m:
+        m.setattr(_kernels, "plain_softmax_ce", lambda *a: taken.append(real(*a)) or taken[-1])
+        plain = _calls(x, y, opts)
+    assert all(r is not None for r in taken)
+    with monkeypatch.context() as m:
+        _general_only(m)
+        general = _calls(x, y, opts)
+    for key in plain:
+        _assert_same(plain[key], general[key])
+    loss, grad = plain["vag"]
+    ignored = y == ignore_index
+    assert not grad[ignored].any()
+    if reduction == "mean" and which == "all":
+        assert np.isnan(loss)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_plain_path_writes_into_out_as_the_general_path_does(monkeypatch, dtype):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(40, 120)).astype(dtype)
@@ -108,7 +147,7 @@ def test_read_only_logits_and_labels_are_read():
     _assert_same(crossent.softmax_cross_entropy(x, y), ref)
 
 
-@pytest.mark.parametrize("case", ["label_too_big", "negative_label", "ignored_label", "float_labels",
+@pytest.mark.parametrize("case", ["label_too_big", "negative_label", "ignored_and_bad_label", "float_labels",
                                   "int_logits", "read_only_out", "wrong_out_dtype", "list_input",
                                   "axis_0", "weight", "grad_output", "bad_reduction", "bad_smoothing"])
 def test_everything_else_takes_the_general_path(case):
@@ -125,9 +164,11 @@ def test_everything_else_takes_the_general_path(case):
     elif case == "negative_label":
         y[2] = -1
         error = "target"
-    elif case == "ignored_label":
+    elif case == "ignored_and_bad_label":
         y[2] = -100
+        y[5] = 9
         kwargs["ignore_index"] = -100
+        error = "target"
     elif case == "float_labels":
         y = y.astype(np.float32)
         error = "target"

@@ -404,8 +404,8 @@ def plain_softmax_ce(
     want_lse: bool,
 ):
     """The common NumPy call, in a few Python steps: float32/float64 logits with the class
-    axis last, class-index labels all in ``[0, C)`` and none equal to ``ignore_index``, no
-    class weight, z-loss, soft-capping or ``grad_output``. Returns what
+    axis last, class-index labels in ``[0, C)`` or equal to ``ignore_index``, no class
+    weight, z-loss, soft-capping or ``grad_output``. Returns what
     :func:`softmax_ce` returns for it, bit for bit, or None for anything else (the general
     path then validates, raises the precise error for bad input, and runs).
 
@@ -434,12 +434,36 @@ def plain_softmax_ce(
     n_rows = logits.size // n_classes
     if n_rows == 0 or not available():
         return None
+    if ignore_index is not None and type(ignore_index) is not int:
+        return None
     y = target.reshape(-1)
     lo, hi = int(np.minimum.reduce(y)), int(np.maximum.reduce(y))
-    if lo < 0 or hi >= n_classes:
+    dtype = np.float64 if code == 1 else np.float32
+    denom: Any = float(n_rows)  # what "mean" divides by, as _Problem.denominator
+    if ignore_index is not None and lo <= ignore_index <= hi:
+        # ignored examples (padding): the kernel takes -1 for them; the mean divides by the
+        # count of the others, summed as the general path sums it (a float32 count is
+        # exact below 2^24 examples only: larger calls take the general path)
+        if n_rows >= 1 << 24:
+            return None
+        ignored = y == ignore_index
+        kept = y[~ignored]
+        if kept.size:
+            lo, hi = int(np.minimum.reduce(kept)), int(np.maximum.reduce(kept))
+        else:
+            lo, hi = 0, 0
+        if lo < 0 or hi >= n_classes:
+            return None
+        y = np.where(ignored, -1, y).astype(_INT64, copy=False)
+        denom = np.sum(np.logical_not(ignored).astype(dtype))
+    elif lo < 0 or hi >= n_classes:
         return None
-    if ignore_index is not None and (type(ignore_index) is not int or lo <= ignore_index <= hi):
-        return None
+
+    def per_denominator(value: Any) -> Any:  # as _Problem.per_denominator
+        if isinstance(denom, float):
+            return value / denom if denom != 0.0 else value * float("nan")
+        return np.where(denom == 0.0, float("nan"), value / denom)
+
     grad = None
     if with_grad and out is not None:
         if (type(out) is not np.ndarray or out.shape != logits.shape or out.dtype != logits.dtype
@@ -449,7 +473,6 @@ def plain_softmax_ce(
     if y.dtype != _INT64 or not y.flags.c_contiguous:
         y = np.ascontiguousarray(y, dtype=_INT64)
     rows = _rows(logits, -1)
-    dtype = np.float64 if code == 1 else np.float32
     loss = _loss_buffer(n_rows, dtype, keep=reduction == "none")
     lse = np.empty(n_rows, dtype=dtype) if want_lse else None
     g = None
@@ -457,7 +480,8 @@ def plain_softmax_ce(
         # as _Problem.upstream(None, full=False): ones, over the denominator for "mean"
         g = np.ones((), dtype=dtype)
         if reduction == "mean":
-            g = g / float(n_rows)
+            with np.errstate(all="ignore"):  # 1/0: every example ignored
+                g = per_denominator(g)
         g = np.asarray(g, dtype=dtype).reshape(1)
         if grad is None:
             grad = np.empty((n_rows, n_classes), dtype=logits.dtype)
@@ -472,10 +496,10 @@ def plain_softmax_ce(
     _last_path = _PLAIN_PATHS[code]
     if reduction == "none":
         result = zero_dim(loss.reshape(shape))
-    else:  # as _Problem.reduce: np.sum (add.reduce) over the example shape, / float(N)
+    else:  # as _Problem.reduce: np.sum (add.reduce) over the example shape
         with np.errstate(all="ignore"):
             total = np.add.reduce(loss.reshape(shape), axis=None)
-            result = zero_dim(total if reduction == "sum" else total / float(n_rows))
+            result = zero_dim(total if reduction == "sum" else per_denominator(total))
     dlogits = None
     if with_grad:
         dlogits = out if out is not None else grad.reshape(logits.shape)
