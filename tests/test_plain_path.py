@@ -6,6 +6,8 @@ else, bad input above all, to the general path, which raises the precise error."
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -207,3 +209,23 @@ def test_everything_else_takes_the_general_path(case):
     loss, grad = crossent.softmax_cross_entropy_value_and_grad(x, y, **kwargs)
     assert np.all(np.isfinite(np.asarray(loss)))
     assert grad.shape == np.shape(x)
+
+
+def test_kernel_takes_array_buffers_and_releases_them():
+    """The kernel entry point takes NumPy arrays as well as addresses: a read-only output
+    is refused with an error (never written), and every buffer view is released after the
+    call, on success and on error (a view left behind would hold a reference)."""
+    ck = _kernels._ckernels
+    x = np.random.default_rng(2).normal(size=(4, 7)).astype(np.float32)
+    y = np.array([0, 6, 3, 1], dtype=np.int64)
+    loss = np.zeros(4, np.float32)
+    args = [0, x, 4, 7, 7, y, None, None, 0.0, 0.0, 0.0, 7.0, loss, None, None, None, 7, 1]
+    refs = [sys.getrefcount(a) for a in (x, y, loss)]
+    ck.softmax_ce(*args)
+    np.testing.assert_array_equal(loss, crossent.softmax_cross_entropy(x, y))
+    read_only = np.zeros(4, np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises((BufferError, ValueError)):
+        ck.softmax_ce(*(args[:12] + [read_only] + args[13:]))
+    assert not read_only.any()
+    assert [sys.getrefcount(a) for a in (x, y, loss)] == refs

@@ -1196,10 +1196,6 @@ static int get_address(PyObject *o, int writable, Views *v, const char **out) {
     return 1;
 }
 
-static PyObject *softmax_ce_run(Problem *pbp, const char *x, const char *y, const char *q,
-                                const char *w, const char *loss, const char *lse,
-                                const char *g, const char *grad, const char *lse_in);
-
 static void release_views(Views *v) {
     while (v->n > 0) PyBuffer_Release(&v->views[--v->n]);
 }
@@ -1226,34 +1222,26 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
         release_views(&views);
         return NULL;
     }
-    PyObject *res = softmax_ce_run(&pb, x, y, q, w, loss, lse, g, grad, lse_in);
-    release_views(&views);
-    return res;
-}
-
-static PyObject *softmax_ce_run(Problem *pbp, const char *x, const char *y, const char *q,
-                                const char *w, const char *loss, const char *lse,
-                                const char *g, const char *grad, const char *lse_in) {
-    Problem pb = *pbp;
+    PyObject *res = NULL;
     if (pb.g_stride != 0 && pb.g_stride != 1) {
         PyErr_SetString(PyExc_ValueError, "g_stride must be 0 (one value) or 1 (per row)");
-        return NULL;
+        goto done;
     }
     if (lse_in && (!g || !grad)) {
         PyErr_SetString(PyExc_ValueError, "a saved lse is only used to compute the gradient");
-        return NULL;
+        goto done;
     }
     if (pb.dtype < DT_F32 || pb.dtype > DT_F16 || (pb.dtype == DT_F16 && !HAVE_F16)) {
         PyErr_Format(PyExc_ValueError, "unsupported dtype code %d", pb.dtype);
-        return NULL;
+        goto done;
     }
     if (!y && !q) {
         PyErr_SetString(PyExc_ValueError, "need class indices or soft targets");
-        return NULL;
+        goto done;
     }
     if (!lse_in && !loss) {
         PyErr_SetString(PyExc_ValueError, "the forward pass needs a loss buffer");
-        return NULL;
+        goto done;
     }
     pb.x = x;
     pb.y = (const int64_t *)y;
@@ -1269,8 +1257,11 @@ static PyObject *softmax_ce_run(Problem *pbp, const char *x, const char *y, cons
     Py_BEGIN_ALLOW_THREADS
     failed = run_parallel(&pb, &wide);
     Py_END_ALLOW_THREADS
-    if (failed) return PyErr_NoMemory();
-    return PyLong_FromLong(wide); /* threads sharing each row's classes (0: rows split) */
+    res = failed ? PyErr_NoMemory()
+                 : PyLong_FromLong(wide); /* threads sharing each row's classes (0: rows split) */
+done:
+    release_views(&views);
+    return res;
 }
 
 /* The elementary functions over a buffer: exposed so that the tests can compare them with
