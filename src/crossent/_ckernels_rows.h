@@ -41,8 +41,7 @@
 #define ROW_FINISH CAT(row_finish_all, SUFFIX)
 #define ROW_EXPSUM CAT(row_expsum, SUFFIX)
 #define VEXP_ANY CAT(vexp_any, SUFFIX)
-#define VEXP_LIVE CAT(vexp_live, SUFFIX)
-#define VEXPM1_LIVE CAT(vexpm1_live, SUFFIX)
+#define VEXP_EXPM1_LIVE CAT(vexp_expm1_live, SUFFIX)
 #define SOFTCAP CAT(softcap, SUFFIX)
 #define VFINISH CAT(vrow_finish, SUFFIX)
 #define TILE_GRAD CAT(tile_grad, SUFFIX)
@@ -190,32 +189,23 @@ INLINE VT VEXP_ANY(VT s) {
 #endif
 }
 
-/* exp and expm1 of a vector's first `live` lanes (the others: 0): where there is no
- * vector form (float64), the scalar one lane by lane, and only for the lanes in use (a
+/* exp(s) and expm1(s) of a vector's first `live` lanes (the others: 0): where there is no
+ * vector form (float64), the scalar ones lane by lane, and only for the lanes in use (a
  * row finished alone would otherwise pay a float64 vector's 8 scalar exps per call) */
-INLINE VT VEXP_LIVE(VT s, int live) {
-#ifdef VEXP
+INLINE void VEXP_EXPM1_LIVE(VT s, int live, VT *e_out, VT *em1_out) {
+#if defined(VEXP) && defined(VEXPM1)
     (void)live;
-    return VEXP(s);
+    *e_out = VEXP(s);
+    *em1_out = VEXPM1(s);
 #else
-    T t[VL];
+    T t[VL], u[VL];
     memcpy(t, &s, sizeof s);
-    for (int j = 0; j < VL; j++) t[j] = j < live ? EXP(t[j]) : 0;
-    memcpy(&s, t, sizeof s);
-    return s;
-#endif
-}
-
-INLINE VT VEXPM1_LIVE(VT s, int live) {
-#ifdef VEXPM1
-    (void)live;
-    return VEXPM1(s);
-#else
-    T t[VL];
-    memcpy(t, &s, sizeof s);
-    for (int j = 0; j < VL; j++) t[j] = j < live ? EXPM1(t[j]) : 0;
-    memcpy(&s, t, sizeof s);
-    return s;
+    for (int j = 0; j < VL; j++) {
+        u[j] = j < live ? EXPM1(t[j]) : 0;
+        t[j] = j < live ? EXP(t[j]) : 0;
+    }
+    memcpy(e_out, t, sizeof t);
+    memcpy(em1_out, u, sizeof u);
 #endif
 }
 
@@ -566,9 +556,9 @@ static __attribute__((noinline)) void EPI_RUN(const Problem *pb, EPI *restrict e
         if (!pb->q) {
             /* p_y - 1 = expm1(s_y - lse_s), exact for a confident row where p_y rounds to 1
                (Liger PR #1329's catastrophic cancellation) */
-            const VT sy = (zy - m) - ls;
-            target = gr * (qkeep * wy * VEXPM1_LIVE(sy, n - k) +
-                           VEXP_LIVE(sy, n - k) * (coef - qkeep * wy) - qeps * wy);
+            VT p_y, p_y_m1;
+            VEXP_EXPM1_LIVE((zy - m) - ls, n - k, &p_y, &p_y_m1);
+            target = gr * (qkeep * wy * p_y_m1 + p_y * (coef - qkeep * wy) - qeps * wy);
         }
         memcpy(e->pc + k, &pc, sizeof pc);
         memcpy(e->target + k, &target, sizeof target);
@@ -1354,8 +1344,7 @@ static void NLLROWS(const NllProblem *pb, Py_ssize_t r0, Py_ssize_t r1,
 #undef ROW_FINISH
 #undef ROW_EXPSUM
 #undef VEXP_ANY
-#undef VEXP_LIVE
-#undef VEXPM1_LIVE
+#undef VEXP_EXPM1_LIVE
 #undef SOFTCAP
 #undef VFINISH
 #undef TILE_GRAD

@@ -57,6 +57,7 @@ __all__ = [
     "set_num_threads",
     "softmax_ce",
     "plain_softmax_ce",
+    "plain_options",
     "nll_rows",
     "launch",
     "storage_code",
@@ -388,6 +389,19 @@ _PLAIN_CODES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
 _PLAIN_PATHS = {0: "kernel (float32)", 1: "kernel (float64)"}
 
 
+def plain_options(reduction: Any, label_smoothing: Any, z_loss: Any) -> float | None:
+    """The label smoothing of a plain call (the fast paths of the NumPy and PyTorch APIs):
+    reduction one of the three names, smoothing a Python number in [0, 1], no z-loss; None
+    for anything else (the general path then checks it and names what is wrong)."""
+    if type(reduction) is not str or reduction not in ("none", "mean", "sum"):
+        return None
+    if type(label_smoothing) not in (float, int) or not 0.0 <= label_smoothing <= 1.0:
+        return None
+    if type(z_loss) not in (float, int) or z_loss != 0:
+        return None
+    return float(label_smoothing)
+
+
 def plain_softmax_ce(
     logits: Any,
     target: Any,
@@ -420,12 +434,8 @@ def plain_softmax_ce(
     ndim = logits.ndim
     if code is None or ndim == 0 or type(axis) is not int or (axis != -1 and axis != ndim - 1):
         return None
-    if type(reduction) is not str or reduction not in ("none", "mean", "sum"):
-        return None
-    eps = label_smoothing
-    if type(eps) not in (float, int) or not 0.0 <= eps <= 1.0:
-        return None
-    if type(z_loss) not in (float, int) or z_loss != 0:
+    eps = plain_options(reduction, label_smoothing, z_loss)
+    if eps is None:
         return None
     shape = logits.shape[:-1]
     n_classes = logits.shape[-1]

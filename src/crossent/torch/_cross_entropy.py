@@ -414,12 +414,8 @@ def _plain_cross_entropy(
     n_rows, n_classes = input.shape
     if target.dtype not in _INDEX_DTYPES or target.shape != (n_rows,) or n_rows * n_classes == 0:
         return None
-    if type(reduction) is not str or reduction not in ("none", "mean", "sum"):
-        return None
-    eps = label_smoothing
-    if type(eps) not in (float, int) or not 0.0 <= eps <= 1.0:
-        return None
-    if type(z_loss) not in (float, int) or z_loss != 0:
+    eps = _kernels.plain_options(reduction, label_smoothing, z_loss)
+    if eps is None:
         return None
     if target.device.type != "cpu" or _autocast_enabled("cpu") or not _kernels.available():
         return None
@@ -434,7 +430,7 @@ def _plain_cross_entropy(
 
         _torch_xp = array_api_compat.array_namespace(input)
     y = (target if target.dtype == torch.int64 else target.to(torch.int64)).contiguous()
-    plan = _Plan(xp=_torch_xp, axis=1, eps=float(eps), z_loss=0.0, softcap=None, cdt=input.dtype,
+    plan = _Plan(xp=_torch_xp, axis=1, eps=eps, z_loss=0.0, softcap=None, cdt=input.dtype,
                  code=code, w_sum=float(n_classes))
     loss, lse = _SoftmaxCrossEntropy.apply(input, y, None, None, plan)
     loss, lse = loss.view((n_rows,)), lse.view((n_rows,))
