@@ -1,6 +1,6 @@
 """The plain NumPy path (``_kernels.plain_softmax_ce``): the common call (float32/float64
-logits, class axis last, every label a class index or ignore_index, no weight, z-loss,
-soft-capping or grad_output) skips the general validation and dispatch. It must give the general path's
+logits, class axis last, every label a class index or ignore_index, float class weights
+or none, no z-loss, soft-capping or grad_output) skips the general validation and dispatch. It must give the general path's
 results bit for bit — values, dtypes, 0-d arrays, ``out=`` identity — and hand everything
 else, bad input above all, to the general path, which raises the precise error."""
 
@@ -46,13 +46,17 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("opts", [dict(), dict(reduction="mean"), dict(reduction="sum"),
                                   dict(label_smoothing=0.1, reduction="mean"),
                                   dict(label_smoothing=1, reduction="sum"),
-                                  dict(ignore_index=-100), dict(axis=-1, z_loss=0.0)])
+                                  dict(ignore_index=-100), dict(axis=-1, z_loss=0.0),
+                                  dict(weight="w", reduction="mean"),
+                                  dict(weight="w", label_smoothing=0.1, reduction="sum")])
 def test_plain_path_gives_the_general_paths_bits(monkeypatch, dtype, shape, opts):
     rng = np.random.default_rng(sum(shape))
     x = (rng.normal(size=shape) * 3).astype(dtype)
     if x.size > 2:
         x.reshape(-1)[1] = np.nan  # NaN propagates to its row alike
     y = rng.integers(0, shape[-1], shape[:-1])
+    if opts.get("weight") == "w":
+        opts = dict(opts, weight=(rng.random(shape[-1]) + 0.1).astype(dtype))
     taken = []
     real = _kernels.plain_softmax_ce
     with monkeypatch.context() as m:
@@ -72,11 +76,13 @@ def test_plain_path_gives_the_general_paths_bits(monkeypatch, dtype, shape, opts
 @pytest.mark.parametrize("ignore_index, which", [(-100, "some"), (-100, "all"), (2, "some"), (2, "first"),
                                                  (2, "absent")])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("weighted", [False, True])
 def test_plain_path_with_ignored_examples_gives_the_general_paths_bits(monkeypatch, dtype, reduction,
                                                                       ignore_index, which,
-                                                                      label_smoothing):
-    """Labels equal to ignore_index (padding) stay on the plain path: loss 0 and gradient 0
-    there, "mean" over the other examples (NaN when there are none), as the general path."""
+                                                                      label_smoothing, weighted):
+    """Labels equal to ignore_index (padding) stay on the plain path, with or without class
+    weights: loss 0 and gradient 0 there, "mean" over the other examples (or their targets'
+    weights; NaN when there are none), as the general path."""
     rng = np.random.default_rng(7)
     x = (rng.normal(size=(37, 120)) * 3).astype(dtype)
     y = rng.integers(0, 120, 37)
@@ -88,6 +94,9 @@ def test_plain_path_with_ignored_examples_gives_the_general_paths_bits(monkeypat
     elif which == "first":
         y[0] = ignore_index  # ("absent": between the least and the largest label, on none)
     opts = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
+    if weighted:  # "mean" over the targets' weights; float64 weights cast to the compute dtype
+        opts["weight"] = rng.random(120) + 0.05
+        opts["weight"][5] = 0.0
     taken = []
     real = _kernels.plain_softmax_ce
     with monkeypatch.context() as m:
@@ -151,7 +160,8 @@ def test_read_only_logits_and_labels_are_read():
 
 @pytest.mark.parametrize("case", ["label_too_big", "negative_label", "ignored_and_bad_label", "float_labels",
                                   "int_logits", "read_only_out", "wrong_out_dtype", "list_input",
-                                  "axis_0", "weight", "grad_output", "bad_reduction", "bad_smoothing"])
+                                  "axis_0", "int_weight", "negative_weight", "weight_shape",
+                                  "grad_output", "bad_reduction", "bad_smoothing"])
 def test_everything_else_takes_the_general_path(case):
     """Anything the plain path does not handle reaches the general path: the same results
     where the call is valid, the general path's precise error where it is not."""
@@ -190,8 +200,14 @@ def test_everything_else_takes_the_general_path(case):
     elif case == "axis_0":
         x = np.ascontiguousarray(x.T)
         kwargs["axis"] = 0
-    elif case == "weight":
-        kwargs["weight"] = np.linspace(0.5, 1.5, 6).astype(np.float32)
+    elif case == "int_weight":
+        kwargs["weight"] = np.arange(1, 7)
+    elif case == "negative_weight":
+        kwargs["weight"] = np.linspace(-0.5, 1.5, 6).astype(np.float32)
+        error = "weight"
+    elif case == "weight_shape":
+        kwargs["weight"] = np.ones(5, np.float32)
+        error = "weight"
     elif case == "grad_output":
         kwargs["grad_output"] = np.float32(2.0)
         kwargs["reduction"] = "sum"

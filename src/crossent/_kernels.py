@@ -418,8 +418,8 @@ def plain_softmax_ce(
     want_lse: bool,
 ):
     """The common NumPy call, in a few Python steps: float32/float64 logits with the class
-    axis last, class-index labels in ``[0, C)`` or equal to ``ignore_index``, no class
-    weight, z-loss, soft-capping or ``grad_output``. Returns what
+    axis last, class-index labels in ``[0, C)`` or equal to ``ignore_index``, float class
+    weights or none, no z-loss, soft-capping or ``grad_output``. Returns what
     :func:`softmax_ce` returns for it, bit for bit, or None for anything else (the general
     path then validates, raises the precise error for bad input, and runs).
 
@@ -428,7 +428,7 @@ def plain_softmax_ce(
     """
     if type(logits) is not np.ndarray or type(target) is not np.ndarray:
         return None
-    if weight is not None or softcap is not None or grad_output is not None:
+    if softcap is not None or grad_output is not None:
         return None
     code = _PLAIN_CODES.get(logits.dtype)
     ndim = logits.ndim
@@ -446,10 +446,17 @@ def plain_softmax_ce(
         return None
     if ignore_index is not None and type(ignore_index) is not int:
         return None
+    dtype = np.float64 if code == 1 else np.float32
+    w = None
+    if weight is not None:  # float class weights, none negative (NaN passes, as there)
+        if (type(weight) is not np.ndarray or weight.shape != (n_classes,)
+                or weight.dtype.kind != "f" or (weight < 0).any()):
+            return None
+        w = np.ascontiguousarray(weight, dtype=dtype)
     y = target.reshape(-1)
     lo, hi = int(np.minimum.reduce(y)), int(np.maximum.reduce(y))
-    dtype = np.float64 if code == 1 else np.float32
     denom: Any = float(n_rows)  # what "mean" divides by, as _Problem.denominator
+    ignored = None
     if ignore_index is not None and lo <= ignore_index <= hi:
         # ignored examples (padding): the kernel takes -1 for them; the mean divides by the
         # count of the others, summed as the general path sums it (a float32 count is
@@ -464,10 +471,14 @@ def plain_softmax_ce(
             lo, hi = 0, 0
         if lo < 0 or hi >= n_classes:
             return None
-        y = np.where(ignored, -1, y).astype(_INT64, copy=False)
         denom = np.sum(np.logical_not(ignored).astype(dtype))
     elif lo < 0 or hi >= n_classes:
         return None
+    if w is not None:  # "mean" over the targets' weights, taken and summed as there
+        w_y = np.take(w, y if ignored is None else np.where(ignored, 0, y)).reshape(shape)
+        denom = np.sum(w_y if ignored is None else np.where(ignored.reshape(shape), 0.0, w_y))
+    if ignored is not None:
+        y = np.where(ignored, -1, y).astype(_INT64, copy=False)
 
     def per_denominator(value: Any) -> Any:  # as _Problem.per_denominator
         if isinstance(denom, float):
@@ -499,8 +510,10 @@ def plain_softmax_ce(
     # launch()'s arguments, positionally, the arrays themselves (the kernel takes their
     # buffers: `.ctypes.data` cost ~1 us an array)
     _last_wide = _ckernels.softmax_ce(
-        code, rows, n_rows, n_classes, rows.strides[0] // rows.itemsize, y, None, None,
-        float(eps), 0.0, 0.0, float(n_classes), loss, lse, g, grad, n_classes,
+        code, rows, n_rows, n_classes, rows.strides[0] // rows.itemsize, y, None, w,
+        float(eps), 0.0, 0.0,
+        float(n_classes) if w is None else float(np.sum(w, dtype=np.float64)),
+        loss, lse, g, grad, n_classes,
         _threads(n_rows * n_classes), None, _WIDE_MIN_CLASSES, 0,
     )
     _last_path = _PLAIN_PATHS[code]
