@@ -477,8 +477,8 @@ def plain_softmax_ce(
     if w is not None:  # "mean" over the targets' weights, taken and summed as there
         w_y = np.take(w, y if ignored is None else np.where(ignored, 0, y)).reshape(shape)
         denom = np.sum(w_y if ignored is None else np.where(ignored.reshape(shape), 0.0, w_y))
-    if ignored is not None:
-        y = np.where(ignored, -1, y).astype(_INT64, copy=False)
+    if ignored is not None:  # (int64 first: -1 in the labels' own dtype wraps for uint8)
+        y = np.where(ignored, -1, y.astype(_INT64, copy=False))
 
     def per_denominator(value: Any) -> Any:  # as _Problem.per_denominator
         if isinstance(denom, float):
