@@ -23,6 +23,7 @@ from ._backend import (
 )
 from ._errors import InvalidDTypeError, InvalidOptionError, ShapeMismatchError
 from ._reference import (
+    divide_by_denominator,
     gather_last,
     index_loss,
     soft_loss,
@@ -208,13 +209,8 @@ class _Problem:
         return zero_dim(self.per_denominator(total))
 
     def per_denominator(self, value: Any) -> Any:
-        """``value / denominator``, NaN where the denominator is 0 (all examples ignored,
-        or all their target weights 0), as in PyTorch (which divides each term by it, so
-        with label smoothing ``x/0 = inf`` meets ``0/0 = nan``)."""
-        denom = self.denominator()
-        if isinstance(denom, float):
-            return value / denom if denom != 0.0 else value * float("nan")
-        return self.xp.where(denom == 0.0, float("nan"), value / denom)
+        """``value / denominator`` (see :func:`divide_by_denominator`)."""
+        return divide_by_denominator(self.xp, value, self.denominator())
 
     def upstream(self, grad_output: Any, *, full: bool = True) -> Any:
         """Per-example weight ``g_i`` of the gradient of the reduced loss.

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import _INT64, memo, zero_dim
+from ._reference import divide_by_denominator
 
 
 def _load_kernels() -> Any:
@@ -480,11 +481,6 @@ def plain_softmax_ce(
     if ignored is not None:  # (int64 first: -1 in the labels' own dtype wraps for uint8)
         y = np.where(ignored, -1, y.astype(_INT64, copy=False))
 
-    def per_denominator(value: Any) -> Any:  # as _Problem.per_denominator
-        if isinstance(denom, float):
-            return value / denom if denom != 0.0 else value * float("nan")
-        return np.where(denom == 0.0, float("nan"), value / denom)
-
     grad = None
     if with_grad and out is not None:
         if (type(out) is not np.ndarray or out.shape != logits.shape or out.dtype != logits.dtype
@@ -502,7 +498,7 @@ def plain_softmax_ce(
         g = np.ones((), dtype=dtype)
         if reduction == "mean":
             with np.errstate(all="ignore"):  # 1/0: every example ignored
-                g = per_denominator(g)
+                g = divide_by_denominator(np, g, denom)
         g = np.asarray(g, dtype=dtype).reshape(1)
         if grad is None:
             grad = np.empty((n_rows, n_classes), dtype=logits.dtype)
@@ -522,7 +518,7 @@ def plain_softmax_ce(
     else:  # as _Problem.reduce: np.sum (add.reduce) over the example shape
         with np.errstate(all="ignore"):
             total = np.add.reduce(loss.reshape(shape), axis=None)
-            result = zero_dim(total if reduction == "sum" else per_denominator(total))
+            result = zero_dim(total if reduction == "sum" else divide_by_denominator(np, total, denom))
     dlogits = None
     if with_grad:
         dlogits = out if out is not None else grad.reshape(logits.shape)

@@ -41,6 +41,16 @@ __all__ = [
 ]
 
 
+def divide_by_denominator(xp: Any, value: Any, denom: Any) -> Any:
+    """``value / denom`` for a ``"mean"``, NaN where the denominator is 0 (all examples
+    ignored, or all their target weights 0), as in PyTorch (which divides each term by it,
+    so with label smoothing ``x/0 = inf`` meets ``0/0 = nan``). ``denom``: a Python float
+    (examples counted) or a 0-d array (a sum of weights or of kept examples)."""
+    if isinstance(denom, float):
+        return value / denom if denom != 0.0 else value * float("nan")
+    return xp.where(denom == 0.0, float("nan"), value / denom)
+
+
 def softcap_logits(xp: Any, x: Any, softcap: float | None) -> Any:
     """``softcap * tanh(x / softcap)`` (Gemma 2), or ``x`` unchanged when ``softcap`` is None."""
     if softcap is None:
