@@ -288,6 +288,41 @@ def test_probability_kernel_reports_the_least_bad_row_across_items():
         crossent.set_num_threads(None)
 
 
+@pytest.mark.parametrize("bad_label", [-2, 0, 1, 2**31, 2**63 - 1, -(2**63)])
+@pytest.mark.parametrize("n, c, threads", [(50, 10, 1), (4000, 12, 2), (300, 700, 2), (1, 70_000, 2)])
+@pytest.mark.parametrize("mode", ["forward", "grad", "grad_from_lse"])
+def test_kernel_refuses_a_label_outside_the_row(bad_label, n, c, threads, mode):
+    """The kernels index a row by its label; the callers validate labels, and the kernel
+    checks them again so that a slip there is an IndexError naming the least bad row,
+    never a read outside the row (one happened: uint8 labels wrapped to 255). Covers
+    tiles (C = 10, 12), row kernels, the wide mode (one row split over 2 threads) and the
+    autograd backward from a saved lse; labels C and -2 are the first ones outside."""
+    bad_label = {0: c, 1: c + 1}.get(bad_label, bad_label)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, c)).astype(np.float32)
+    y = rng.integers(-1, c, n).astype(np.int64)
+    bad_rows = [n - 1] if n < 3 else [n // 2, n - 1, n // 3 + 1]
+    y[bad_rows] = bad_label
+    loss = np.zeros(n, np.float32)
+    lse = np.zeros(n, np.float32)
+    grad = np.zeros((n, c), np.float32)
+    g = np.ones(n, np.float32)
+    kw = dict(y_ptr=y.ctypes.data, n_threads=threads)
+    if mode == "forward":
+        kw.update(loss_ptr=loss.ctypes.data, lse_ptr=lse.ctypes.data)
+    elif mode == "grad":
+        kw.update(loss_ptr=loss.ctypes.data, g_ptr=g.ctypes.data, grad_ptr=grad.ctypes.data)
+    else:
+        kw.update(g_ptr=g.ctypes.data, grad_ptr=grad.ctypes.data, lse_in_ptr=lse.ctypes.data)
+    with pytest.raises(IndexError) as info:
+        _kernels.launch(_kernels.storage_code("float32"), x.ctypes.data, n, c, c, **kw)
+    first = min(bad_rows)
+    assert f"y[{first}] = {bad_label} is outside [-1, {c})" in str(info.value)
+    # the valid labels still work after a refused call (the pool is not left stuck)
+    y[bad_rows] = 0
+    _kernels.launch(_kernels.storage_code("float32"), x.ctypes.data, n, c, c, **kw)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("c", range(1, 90))
 def test_small_class_counts_every_width(monkeypatch, c, dtype):

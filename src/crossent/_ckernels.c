@@ -756,8 +756,31 @@ typedef struct {
 typedef struct {
     const Problem *pb;
     Py_ssize_t rows, n_items, next;
+    Py_ssize_t first_bad; /* the least row with a label outside [-1, C), or -1 */
     int failed;
 } RowsJob;
+
+/* Keep the least bad row any thread found in *slot (-1: none yet). */
+static void note_first_bad(Py_ssize_t *slot, Py_ssize_t bad) {
+    Py_ssize_t seen = __atomic_load_n(slot, __ATOMIC_RELAXED);
+    while ((seen < 0 || bad < seen) &&
+           !__atomic_compare_exchange_n(slot, &seen, bad, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+}
+
+/* The kernels index a row by its label, so a label outside [-1, C) (-1: ignored) would
+ * read outside the row. Every caller validates labels first; this check turns a slip
+ * there (one happened: uint8 labels wrapped to 255) into an error instead of a wild read.
+ * The first loop has no branch, so it vectorises: a compare per row, next to a row's
+ * C loads. Returns the first bad row of [r0, r1), or -1. */
+static Py_ssize_t first_bad_label(const int64_t *y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C) {
+    uint64_t any = 0;
+    for (Py_ssize_t r = r0; r < r1; r++) any |= (uint64_t)y[r] + 1 > (uint64_t)C;
+    if (!any) return -1;
+    for (Py_ssize_t r = r0; r < r1; r++)
+        if ((uint64_t)y[r] + 1 > (uint64_t)C) return r;
+    return -1;
+}
 
 /*
  * The row kernel, written once for float (f32/bf16/f16 storage) and once for double.
@@ -1030,6 +1053,13 @@ static void row_share(void *ctx, int tid) {
             }
         }
         const Py_ssize_t r0 = i * j->rows, r1 = r0 + j->rows < pb->n_rows ? r0 + j->rows : pb->n_rows;
+        if (pb->y && !pb->q) {
+            const Py_ssize_t bad = first_bad_label(pb->y, r0, r1, pb->n_cols);
+            if (bad >= 0) { /* the item is skipped: the call fails */
+                note_first_bad(&j->first_bad, bad);
+                continue;
+            }
+        }
         k(pb, r0, r1, zbuf, ebuf, stats);
     }
     if (pb->stream) STREAM_FENCE();
@@ -1087,23 +1117,27 @@ static Py_ssize_t item_rows(Py_ssize_t n_rows, Py_ssize_t n_cols, int nt, int ti
 
 /* Rows claimed in items by up to n_threads threads (pool_run). Fewer rows than threads,
  * each wide enough: split the class axis instead (run_wide). */
-static int run_parallel(const Problem *pb, int *wide) {
+static int run_parallel(const Problem *pb, int *wide, Py_ssize_t *bad) {
     int nt = pb->n_threads < 1 ? 1 : pb->n_threads;
     if (nt > POOL_MAX) nt = POOL_MAX;
     *wide = 0;
+    *bad = -1;
     const int tiled = pb->n_cols <= small_c(pb->dtype);
     if ((Py_ssize_t)nt > pb->n_rows && !tiled && pb->wide_min > 0) {
         Py_ssize_t by_cols = pb->n_cols / pb->wide_min;
         int wide_nt = by_cols < nt ? (int)by_cols : nt;
         if (wide_nt >= 2) {
             *wide = wide_nt;
+            if (pb->y && !pb->q && (*bad = first_bad_label(pb->y, 0, pb->n_rows, pb->n_cols)) >= 0)
+                return 0;
             return run_wide(pb, wide_nt);
         }
     }
-    RowsJob job = {pb, item_rows(pb->n_rows, pb->n_cols, nt, tiled), 0, 0, 0};
+    RowsJob job = {pb, item_rows(pb->n_rows, pb->n_cols, nt, tiled), 0, 0, -1, 0};
     job.n_items = (pb->n_rows + job.rows - 1) / job.rows;
     if ((Py_ssize_t)nt > job.n_items) nt = job.n_items > 0 ? (int)job.n_items : 1;
     pool_run(nt, row_share, &job);
+    *bad = job.first_bad;
     return job.failed;
 }
 
@@ -1129,12 +1163,7 @@ static void nll_share(void *ctx, int tid) {
         case DT_F16: nll_rows_f16(pb, r0, r1, &bad); break;
 #endif
         }
-        if (bad < 0) continue;
-        Py_ssize_t seen = __atomic_load_n(&j->first_bad, __ATOMIC_RELAXED);
-        while ((seen < 0 || bad < seen) &&
-               !__atomic_compare_exchange_n(&j->first_bad, &seen, bad, 0, __ATOMIC_RELAXED,
-                                            __ATOMIC_RELAXED)) {
-        }
+        if (bad >= 0) note_first_bad(&j->first_bad, bad);
     }
 }
 
@@ -1254,11 +1283,19 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     pb.lse_in = lse_in;
     pb.stream = pb.grad && (size_t)pb.n_rows * (size_t)pb.n_cols * elsize(pb.dtype) >= STREAM_MIN_BYTES;
     int failed, wide;
+    Py_ssize_t bad;
     Py_BEGIN_ALLOW_THREADS
-    failed = run_parallel(&pb, &wide);
+    failed = run_parallel(&pb, &wide, &bad);
     Py_END_ALLOW_THREADS
-    res = failed ? PyErr_NoMemory()
-                 : PyLong_FromLong(wide); /* threads sharing each row's classes (0: rows split) */
+    if (failed)
+        res = PyErr_NoMemory();
+    else if (bad >= 0) /* outputs of other rows may have been written: the call failed */
+        res = PyErr_Format(PyExc_IndexError,
+                           "label y[%zd] = %lld is outside [-1, %zd) (-1: ignored): the kernel "
+                           "indexes the row by it (labels are validated before this call)",
+                           bad, (long long)pb.y[bad], pb.n_cols);
+    else
+        res = PyLong_FromLong(wide); /* threads sharing each row's classes (0: rows split) */
 done:
     release_views(&views);
     return res;

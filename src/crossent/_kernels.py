@@ -229,7 +229,9 @@ def launch(
     ``loss`` and ``lse`` may then be 0 (not written).
     Rows are split over threads; with fewer rows than threads, each row's class axis is
     (when every thread gets ``_WIDE_MIN_CLASSES`` classes or more), with the same results.
-    The caller validates everything: the kernel trusts its arguments.
+    The caller validates everything; the kernel trusts its arguments except the labels,
+    which it checks again (a label outside ``[-1, n_cols)`` raises ``IndexError`` naming
+    the least bad row, rather than reading outside the row).
     """
     global _last_wide
     _last_wide = _ckernels.softmax_ce(
