@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-IMPL_NAMES = ("crossent", "crossent.out", "numpy", "scipy", "torch", "torch.compile", "jax")
+IMPL_NAMES = ("crossent", "crossent.out", "crossent.torch", "numpy", "scipy", "torch", "torch.compile",
+              "jax")
 MODES = ("fwd", "grad")
 
 LABELS = {
@@ -33,6 +34,8 @@ LABELS = {
     ("fwd", "jax"): "jax.jit(optax.softmax_cross_entropy_with_integer_labels)",
     ("grad", "crossent"): "crossent.softmax_cross_entropy_value_and_grad",
     ("grad", "crossent.out"): "the same, gradient into a reused buffer (out=)",
+    ("fwd", "crossent.torch"): "crossent.torch.cross_entropy (drop-in for F.cross_entropy)",
+    ("grad", "crossent.torch"): "crossent.torch.cross_entropy + autograd.grad",
     ("grad", "numpy"): "NumPy softmax - onehot (by hand)",
     ("grad", "torch"): "torch F.cross_entropy + autograd.grad (eager)",
     ("grad", "torch.compile"): "torch.compile(F.cross_entropy) + autograd.grad",
@@ -190,6 +193,18 @@ def torch_setup(mode: str, x: np.ndarray, y: np.ndarray, threads: int):
     return fn, None, ""
 
 
+def crossent_torch_setup(mode: str, x: np.ndarray, y: np.ndarray, threads: int):
+    """crossent's drop-in for ``F.cross_entropy`` on tensors, timed as PyTorch eager is."""
+    _torch_common()
+    import crossent
+    from crossent.torch import cross_entropy
+
+    crossent.set_num_threads(threads)
+    fn = _torch_fns(mode, x, y, lambda a, b: cross_entropy(a, b, reduction="none"),
+                    lambda a, b: cross_entropy(a, b))
+    return fn, None, ""
+
+
 def torch_compile_setup(mode: str, x: np.ndarray, y: np.ndarray, threads: int):
     torch = _torch_common()
     ce_none = torch.compile(_ce_none, dynamic=False)
@@ -236,6 +251,7 @@ def jax_setup(mode: str, x: np.ndarray, y: np.ndarray, threads: int):
 SETUPS: dict[str, Callable[..., Any]] = {
     "crossent": crossent_setup,
     "crossent.out": crossent_out_setup,
+    "crossent.torch": crossent_torch_setup,
     "numpy": numpy_setup,
     "scipy": scipy_setup,
     "torch": torch_setup,

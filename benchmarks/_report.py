@@ -222,10 +222,34 @@ def _summary(groups) -> list[str]:
     return lines
 
 
+def _torch_summary(groups) -> list[str]:
+    """crossent.torch.cross_entropy against the function it replaces, PyTorch eager's
+    F.cross_entropy, on the same tensors (only where both ran)."""
+    lines = ["", "## crossent.torch vs PyTorch eager (the drop-in on tensors)", "",
+             "| mode | N×C | dtype | crossent.torch | torch eager | crossent.torch ÷ torch |",
+             "|---|---|---|---|---|---|"]
+    n0 = len(lines)
+    for (mode, n, c, dtype), rows in groups:
+        ct = next((r for r in rows if r["impl"] == "crossent.torch" and r["median_s"]), None)
+        te = next((r for r in rows if r["impl"] == "torch" and r["median_s"]), None)
+        if ct is None or te is None:
+            continue
+        ratio = ct["median_s"] / te["median_s"]
+        lines.append(f"| {mode} | {n}×{c} | {dtype} | {fmt_time(ct['median_s'])} | "
+                     f"{fmt_time(te['median_s'])} | "
+                     + (f"**{ratio:.2f}**" if ratio > 1 else _fmt_ratio(ratio)) + " |")
+    if len(lines) == n0:
+        return []
+    lines += ["", "fwd: `reduction=\"none\"`; grad: the mean loss and `torch.autograd.grad` "
+              "for both. > 1 (bold): PyTorch eager was faster."]
+    return lines
+
+
 def markdown(rows: list[dict], notes: list[str]) -> str:
     groups = _groups(rows)
     lines = _header(rows[0]) if rows else ["# crossent benchmarks", "", "(no results)"]
     lines += _summary(groups)
+    lines += _torch_summary(groups)
     for mode in ("fwd", "grad"):
         mg = [(k, rs) for k, rs in groups if k[0] == mode]
         if not mg:

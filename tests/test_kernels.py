@@ -323,6 +323,22 @@ def test_kernel_refuses_a_label_outside_the_row(bad_label, n, c, threads, mode):
     _kernels.launch(_kernels.storage_code("float32"), x.ctypes.data, n, c, c, **kw)
 
 
+@pytest.mark.parametrize("n, c", [(50, 10), (4000, 12), (300, 700)])
+def test_kernel_without_ignored_rows_refuses_minus_one(n, c):
+    """ignored_rows=False (the torch plain path, which leaves the label check to the
+    kernel): every label must be a class index; -1 is refused like any other."""
+    x = np.zeros((n, c), np.float32)
+    y = np.full(n, c - 1, np.int64)
+    loss = np.zeros(n, np.float32)
+    args = (_kernels.storage_code("float32"), x.ctypes.data, n, c, c)
+    _kernels.launch(*args, y_ptr=y.ctypes.data, loss_ptr=loss.ctypes.data, ignored_rows=False)
+    np.testing.assert_allclose(loss, np.log(c), rtol=1e-6)
+    y[n // 2] = -1
+    _kernels.launch(*args, y_ptr=y.ctypes.data, loss_ptr=loss.ctypes.data)  # -1: ignored
+    with pytest.raises(IndexError, match=rf"y\[{n // 2}\] = -1 is outside \[0, {c}\)"):
+        _kernels.launch(*args, y_ptr=y.ctypes.data, loss_ptr=loss.ctypes.data, ignored_rows=False)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("c", range(1, 90))
 def test_small_class_counts_every_width(monkeypatch, c, dtype):
@@ -579,6 +595,51 @@ def test_gradient_from_a_saved_lse_equals_the_fused_gradient(dtype, c, opts):
                     softcap=opts.get("softcap"), g_ptr=g.ctypes.data, grad_ptr=grad.ctypes.data,
                     lse_in_ptr=lse.ctypes.data)
     assert_close(grad, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("c", [3, 10, 64, 100, 300])
+def test_gradient_from_a_saved_lse_on_special_rows(dtype, c):
+    """The backward from a saved lse takes the fast exp wherever every z - lse <= 0 (the
+    forward's lse is never below the row maximum); rows with -inf, +-1e30, probabilities
+    in the subnormal range and NaN must still get softmax - onehot (NaN: their own row
+    only), in tiles (C <= 80) and row kernels, full and partial tiles."""
+    rng = np.random.default_rng(11)
+    n = 37
+    x = rng.normal(size=(n, c)) * 3
+    x[1, ::2] = -np.inf
+    x[2, :] = -np.linspace(0, 200, c)  # exp(z - lse) down to 0 through the subnormals
+    x[3, :] = 0.0
+    x[3, c // 2] = 1e30
+    x[4, :] = -1e30
+    x[4, 0] = 1e30
+    x[5, c - 1] = np.nan
+    x[20:36, :] = -np.linspace(0, 120, c)  # a whole tile of them
+    x = x.astype(dtype)
+    y = rng.integers(0, c, n)
+    y[1] = 1  # a finite entry
+    (_, lse) = crossent.softmax_cross_entropy(x, y, return_lse=True)
+    lse = np.ascontiguousarray(lse, dtype=dtype)
+    g = np.full(n, 0.75, dtype=dtype)
+    grad = np.full((n, c), 7.0, dtype=dtype)
+    _kernels.launch(_kernels.storage_code(dtype), x.ctypes.data, n, c, c,
+                    y_ptr=y.astype(np.int64).ctypes.data, g_ptr=g.ctypes.data,
+                    grad_ptr=grad.ctypes.data, lse_in_ptr=lse.ctypes.data)
+    x64 = x.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = x64.max(axis=1, keepdims=True)
+        e = np.exp(x64 - m)
+        ref = 0.75 * e / e.sum(axis=1, keepdims=True)
+        # p_y - 1 as minus the other classes' share: 1 - p_y would round to 0 for a
+        # confident row, where the kernel (expm1) keeps the value
+        rows = np.arange(n)
+        others = np.where(np.eye(c, dtype=bool)[y], 0.0, e).sum(axis=1)
+        ref[rows, y] = -0.75 * others / e.sum(axis=1)
+    assert np.isnan(grad[5]).all() and not np.isnan(np.delete(grad, 5, axis=0)).any()
+    tiny = np.finfo(dtype).smallest_subnormal
+    eps = 4e-6 if dtype == "float32" else 1e-13
+    ok = np.isnan(ref) | (np.abs(grad - ref) <= eps * np.abs(ref) + 2 * tiny)
+    assert ok.all(), (np.argwhere(~ok)[:5], grad[~ok][:5], ref[~ok][:5])
 
 
 @pytest.mark.parametrize("axis", [-1, 0])

@@ -1,8 +1,9 @@
 """The plain path of ``crossent.torch.cross_entropy`` (``_plain_cross_entropy``): a CPU
 ``(N, C)`` float32/float64 tensor with valid class indices and no weight, z-loss,
-soft-capping, ``num_items`` or autocast skips the general validation. Loss, lse, gradient
-and autograd graph must be the general path's, bit for bit; everything else (bad input
-above all) must reach the general path and its precise errors."""
+soft-capping, ``num_items`` or autocast skips the general validation. Loss, lse and
+gradient (also without a gradient, twice differentiated, with other upstream dtypes) must
+be the general path's, bit for bit, though a reduced loss is one autograd node here;
+everything else (bad input above all) must reach the general path and its precise errors."""
 
 from __future__ import annotations
 
@@ -18,14 +19,26 @@ from crossent.torch._cross_entropy import cross_entropy  # noqa: E402
 pytestmark = pytest.mark.skipif(not _kernels.available(), reason="compiled kernels not built")
 
 
-def _run(x, y, opts):
+def _run(x, y, opts, upstream=1.7):
     xg = x.clone().requires_grad_(True)
     out = cross_entropy(xg, y, **opts)
     loss = out[0] if isinstance(out, tuple) else out
     grad_fn = type(loss.grad_fn).__name__
-    (loss.sum() + (out[1].sum() * 0.5 if isinstance(out, tuple) else 0)).backward()
+    # an upstream value other than 1 (and not a power of 2): g / N is rounded
+    (loss.sum() * upstream + (out[1].sum() * 0.5 if isinstance(out, tuple) else 0)).backward()
     values = out if isinstance(out, tuple) else (out,)
     return [v.detach() for v in values], xg.grad, grad_fn
+
+
+def _assert_same_bits(got, want):
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(torch.isnan(a), torch.isnan(b))
+        assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+
+
+def _general_path(monkeypatch):
+    monkeypatch.setattr(ce_mod, "_plain_cross_entropy", lambda *a: None)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -48,13 +61,77 @@ def test_plain_path_gives_the_general_paths_bits(monkeypatch, dtype, shape, opts
     assert len(taken) == 1 and taken[0] is not None  # the plain path ran
     assert _kernels.kernel_info()["last_path"] == f"torch kernel ({str(dtype)[6:]})"
     with monkeypatch.context() as m:
-        m.setattr(ce_mod, "_plain_cross_entropy", lambda *a: None)
+        _general_path(m)
         general = _run(x, y, opts)
-    assert plain[2] == general[2]  # the same autograd graph (e.g. DivBackward0)
-    for a, b in zip(plain[0] + [plain[1]], general[0] + [general[1]]):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        assert torch.equal(torch.isnan(a), torch.isnan(b))
-        assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+    if opts.get("reduction", "mean") != "none" and not opts.get("return_lse"):
+        # the reduced loss is one autograd node (the general path: Function, view, sum, div)
+        assert plain[2] == "_ReducedSoftmaxCrossEntropyBackward"
+    _assert_same_bits(plain[0] + [plain[1]], general[0] + [general[1]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("how", ["no_grad", "inference_mode", "plain_tensor"])
+def test_plain_path_without_a_gradient_gives_the_general_paths_bits(monkeypatch, dtype, reduction, how):
+    """No gradient wanted: the kernel runs without an autograd Function; the mean's
+    division (done on the sum's value) must round as the general path's torch op does."""
+    g = torch.Generator().manual_seed(5)
+    for n, c in [(1, 3), (3, 7), (64, 10), (999, 130)]:  # N = 3, 7, 999: g / N is rounded
+        x = torch.randn(n, c, generator=g, dtype=dtype) * 4
+        y = torch.randint(0, c, (n,), generator=g)
+        if how != "plain_tensor":
+            x.requires_grad_(True)
+        ctx = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(how, torch.enable_grad)
+        results = []
+        for general in (False, True):
+            with monkeypatch.context() as m, ctx():
+                if general:
+                    _general_path(m)
+                out = cross_entropy(x, y, reduction=reduction, label_smoothing=0.05)
+            assert out.grad_fn is None
+            results.append(out)
+        _assert_same_bits([results[0]], [results[1]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reduced_loss_double_backward_and_other_upstreams(monkeypatch, dtype, reduction):
+    """The reduced node's backward with create_graph=True (a Hessian-vector product), and
+    with an upstream gradient in another dtype, equals the general path's."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(13, 6, generator=g, dtype=dtype)
+    y = torch.randint(0, 6, (13,), generator=g)
+    v = torch.randn(13, 6, generator=g, dtype=dtype)
+    results = []
+    for general in (False, True):
+        with monkeypatch.context() as m:
+            if general:
+                _general_path(m)
+            xg = x.clone().requires_grad_(True)
+            loss = cross_entropy(xg, y, reduction=reduction, label_smoothing=0.1)
+            (gx,) = torch.autograd.grad(loss * 3.0, xg, create_graph=True)
+            (hv,) = torch.autograd.grad((gx * v).sum(), xg)
+            other = torch.float64 if dtype == torch.float32 else torch.float32
+            xg2 = x.clone().requires_grad_(True)
+            cross_entropy(xg2, y, reduction=reduction).backward(torch.tensor(0.3, dtype=other))
+            results.append([gx.detach(), hv, xg2.grad])
+    _assert_same_bits(results[0], results[1])
+    ref = torch.nn.functional.cross_entropy(x.clone().requires_grad_(True), y, reduction=reduction)
+    assert ref.dtype == dtype
+
+
+@pytest.mark.parametrize("ignore_index", [0, 3, 5, -1, -100, 6])
+def test_an_ignore_index_that_is_a_class_index_is_honoured(monkeypatch, ignore_index):
+    """The plain path hands labels to the kernel, which knows no ignore_index: labels
+    equal to an ignore_index inside [0, C) must still be ignored (general path), and an
+    ignore_index that no label equals changes nothing."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 6, generator=g)
+    y = torch.randint(0, 6, (40,), generator=g)
+    y[:5] = 3
+    got = cross_entropy(x, y, ignore_index=ignore_index)
+    ref = torch.nn.functional.cross_entropy(x, y, ignore_index=ignore_index)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
 
 
 def test_plain_path_matches_pytorch():
@@ -69,7 +146,7 @@ def test_plain_path_matches_pytorch():
     torch.testing.assert_close(gx, rx, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("case", ["label_too_big", "negative_label", "ignored_label", "float_target",
+@pytest.mark.parametrize("case", ["label_too_big", "negative_label", "minus_one_label", "ignored_label", "float_target",
                                   "weight", "z_loss", "softcap", "num_items", "three_dims", "autocast",
                                   "bf16", "bad_reduction", "bad_smoothing", "list_input"])
 def test_everything_else_takes_the_general_path(monkeypatch, case):
@@ -83,6 +160,9 @@ def test_everything_else_takes_the_general_path(monkeypatch, case):
         error = "target"
     elif case == "negative_label":
         y[2] = -5
+        error = "target"
+    elif case == "minus_one_label":  # the kernel's own "ignored" marker: refused, not ignored
+        y[7] = -1
         error = "target"
     elif case == "ignored_label":
         y[2] = -100
@@ -123,3 +203,30 @@ def test_everything_else_takes_the_general_path(monkeypatch, case):
             loss = cross_entropy(x, y, **kwargs)
             assert torch.isfinite(loss).all()
     assert all(r is None for r in calls)
+
+
+@pytest.mark.parametrize("view", ["transposed", "column_slice", "every_other_row", "expanded"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_views_are_read_through_their_strides(monkeypatch, view, grad):
+    """The plain path reads the input's memory directly: rows with a stride (a slice), a
+    class axis without unit stride (a transpose: read through a copy) and a broadcast row
+    (stride 0) must give the general path's bits."""
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(24, 30, generator=g)
+    make = {"transposed": lambda b: b.t()[:, :20],
+            "column_slice": lambda b: b[:, 3:17],
+            "every_other_row": lambda b: b[::2],
+            "expanded": lambda b: b[5].expand(24, 30)}[view]
+    results = []
+    for general in (False, True):
+        with monkeypatch.context() as m:
+            if general:
+                _general_path(m)
+            b = base.clone().requires_grad_(grad)
+            x = make(b)
+            y = torch.randint(0, x.shape[1], (x.shape[0],), generator=torch.Generator().manual_seed(1))
+            loss = cross_entropy(x, y, label_smoothing=0.1)
+            if grad:
+                loss.backward()
+            results.append([loss.detach()] + ([b.grad] if grad else []))
+    _assert_same_bits(results[0], results[1])

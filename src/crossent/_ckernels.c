@@ -703,6 +703,7 @@ typedef struct {
     Py_ssize_t wide_min;    /* fewer rows than threads: split the class axis when every
                                thread gets at least this many classes */
     int stream;             /* write the gradient with streaming stores (stream_copy) */
+    int64_t y_lo;           /* the least valid label: -1 (ignored rows allowed) or 0 */
 } Problem;
 
 #include "_ckernels_pool.h"
@@ -771,14 +772,18 @@ static void note_first_bad(Py_ssize_t *slot, Py_ssize_t bad) {
 /* The kernels index a row by its label, so a label outside [-1, C) (-1: ignored) would
  * read outside the row. Every caller validates labels first; this check turns a slip
  * there (one happened: uint8 labels wrapped to 255) into an error instead of a wild read.
- * The first loop has no branch, so it vectorises: a compare per row, next to a row's
- * C loads. Returns the first bad row of [r0, r1), or -1. */
-static Py_ssize_t first_bad_label(const int64_t *y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C) {
+ * A caller whose labels must all be class indices asks for [0, C) (y_lo = 0) and need not
+ * scan them itself (the torch plain path). The first loop has no branch, so it
+ * vectorises: a compare per row, next to a row's C loads. Returns the first bad row of
+ * [r0, r1), or -1. */
+static Py_ssize_t first_bad_label(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1) {
+    const int64_t *y = pb->y;
+    const uint64_t lo = (uint64_t)pb->y_lo, span = (uint64_t)pb->n_cols - lo;
     uint64_t any = 0;
-    for (Py_ssize_t r = r0; r < r1; r++) any |= (uint64_t)y[r] + 1 > (uint64_t)C;
+    for (Py_ssize_t r = r0; r < r1; r++) any |= (uint64_t)y[r] - lo >= span;
     if (!any) return -1;
     for (Py_ssize_t r = r0; r < r1; r++)
-        if ((uint64_t)y[r] + 1 > (uint64_t)C) return r;
+        if ((uint64_t)y[r] - lo >= span) return r;
     return -1;
 }
 
@@ -1054,7 +1059,7 @@ static void row_share(void *ctx, int tid) {
         }
         const Py_ssize_t r0 = i * j->rows, r1 = r0 + j->rows < pb->n_rows ? r0 + j->rows : pb->n_rows;
         if (pb->y && !pb->q) {
-            const Py_ssize_t bad = first_bad_label(pb->y, r0, r1, pb->n_cols);
+            const Py_ssize_t bad = first_bad_label(pb, r0, r1);
             if (bad >= 0) { /* the item is skipped: the call fails */
                 note_first_bad(&j->first_bad, bad);
                 continue;
@@ -1128,7 +1133,7 @@ static int run_parallel(const Problem *pb, int *wide, Py_ssize_t *bad) {
         int wide_nt = by_cols < nt ? (int)by_cols : nt;
         if (wide_nt >= 2) {
             *wide = wide_nt;
-            if (pb->y && !pb->q && (*bad = first_bad_label(pb->y, 0, pb->n_rows, pb->n_cols)) >= 0)
+            if (pb->y && !pb->q && (*bad = first_bad_label(pb, 0, pb->n_rows)) >= 0)
                 return 0;
             return run_wide(pb, wide_nt);
         }
@@ -1238,11 +1243,13 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     memset(&pb, 0, sizeof pb);
     pb.wide_min = (Py_ssize_t)1 << 18;
     pb.g_stride = 1;
-    if (!PyArg_ParseTuple(args, "iOnnnOOOddddOOOOni|Onn", &pb.dtype, &ox, &pb.n_rows, &pb.n_cols,
+    int ignored_rows = 1;
+    if (!PyArg_ParseTuple(args, "iOnnnOOOddddOOOOni|Onnp", &pb.dtype, &ox, &pb.n_rows, &pb.n_cols,
                           &pb.row_stride, &oy, &oq, &ow, &pb.label_smoothing, &pb.z_loss,
                           &pb.softcap, &pb.w_sum, &oloss, &olse, &og, &ograd, &pb.grad_stride,
-                          &pb.n_threads, &olse_in, &pb.wide_min, &pb.g_stride))
+                          &pb.n_threads, &olse_in, &pb.wide_min, &pb.g_stride, &ignored_rows))
         return NULL;
+    pb.y_lo = ignored_rows ? -1 : 0;
     if (!get_address(ox, 0, &views, &x) || !get_address(oy, 0, &views, &y) ||
         !get_address(oq, 0, &views, &q) || !get_address(ow, 0, &views, &w) ||
         !get_address(oloss, 1, &views, &loss) || !get_address(olse, 1, &views, &lse) ||
@@ -1291,9 +1298,9 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
         res = PyErr_NoMemory();
     else if (bad >= 0) /* outputs of other rows may have been written: the call failed */
         res = PyErr_Format(PyExc_IndexError,
-                           "label y[%zd] = %lld is outside [-1, %zd) (-1: ignored): the kernel "
-                           "indexes the row by it (labels are validated before this call)",
-                           bad, (long long)pb.y[bad], pb.n_cols);
+                           "label y[%zd] = %lld is outside [%lld, %zd)%s: the kernel indexes "
+                           "the row by it", bad, (long long)pb.y[bad], (long long)pb.y_lo,
+                           pb.n_cols, pb.y_lo < 0 ? " (-1: ignored)" : "");
     else
         res = PyLong_FromLong(wide); /* threads sharing each row's classes (0: rows split) */
 done:

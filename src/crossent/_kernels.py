@@ -216,6 +216,7 @@ def launch(
     grad_stride: int | None = None,
     lse_in_ptr: int = 0,
     n_threads: int | None = None,
+    ignored_rows: bool = True,
 ) -> None:
     """Run the fused kernel on raw buffers (NumPy ``ctypes.data``, torch ``data_ptr()``).
 
@@ -230,8 +231,9 @@ def launch(
     Rows are split over threads; with fewer rows than threads, each row's class axis is
     (when every thread gets ``_WIDE_MIN_CLASSES`` classes or more), with the same results.
     The caller validates everything; the kernel trusts its arguments except the labels,
-    which it checks again (a label outside ``[-1, n_cols)`` raises ``IndexError`` naming
-    the least bad row, rather than reading outside the row).
+    which it checks again: a label outside ``[-1, n_cols)`` (with ``ignored_rows=False``,
+    outside ``[0, n_cols)``: no -1 allowed either) raises ``IndexError`` naming the least
+    bad row, rather than reading outside the row.
     """
     global _last_wide
     _last_wide = _ckernels.softmax_ce(
@@ -256,6 +258,7 @@ def launch(
         lse_in_ptr,
         _WIDE_MIN_CLASSES,
         g_stride,
+        ignored_rows,
     )
 
 

@@ -31,6 +31,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import _kernels
@@ -78,6 +79,8 @@ class _Plan:
 
 def _rows(t: torch.Tensor, axis: int) -> torch.Tensor:
     """``t`` as ``(rows, C)``, class axis last with unit stride: a view where possible."""
+    if axis == 1 and t.dim() == 2 and (t.stride(1) == 1 or t.shape[1] == 1):
+        return t  # (already rows: no reshape, ~1 us a call)
     c = t.shape[axis]
     r = (t if axis == t.dim() - 1 else t.movedim(axis, -1)).reshape(-1, c)
     if c > 1 and r.stride(1) != 1:
@@ -183,7 +186,7 @@ def _ptr(t: Any) -> int:
     return 0 if t is None else int(t.data_ptr())
 
 
-def _kernel_forward(xr, y, q, w, plan):  # type: ignore[no-untyped-def]
+def _kernel_forward(xr, y, q, w, plan, ignored_rows=True):  # type: ignore[no-untyped-def]
     n_rows, n_classes = xr.shape
     loss = torch.empty(n_rows, dtype=plan.cdt)
     lse = torch.empty(n_rows, dtype=plan.cdt)
@@ -202,6 +205,7 @@ def _kernel_forward(xr, y, q, w, plan):  # type: ignore[no-untyped-def]
         label_smoothing=plan.eps,
         z_loss=plan.z_loss,
         softcap=plan.softcap,
+        ignored_rows=ignored_rows,
     )
     return loss, lse
 
@@ -249,15 +253,17 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
 
     ``y``: int64 class indices per row, -1 for ignored rows (or None); ``q``: soft targets
     as ``(rows, C)`` in the compute dtype (or None); ``w``: class weights (or None).
+    ``ignored_rows=False``: every label must be a class index (the kernel refuses -1 too,
+    raising ``IndexError``).
     """
 
     @staticmethod
     @_disable_compile
-    def forward(ctx, x, y, q, w, plan):  # type: ignore[no-untyped-def,override]
+    def forward(ctx, x, y, q, w, plan, ignored_rows):  # type: ignore[no-untyped-def,override]
         ctx.set_materialize_grads(False)
         xr = _rows(x, plan.axis)
         if plan.code is not None:
-            loss, lse = _kernel_forward(xr, y, q, w, plan)
+            loss, lse = _kernel_forward(xr, y, q, w, plan, ignored_rows)
         else:
             loss, lse = _torch_forward(xr, y, q, w, plan)
         ctx.plan = plan
@@ -274,11 +280,11 @@ def _backward(ctx, g_loss, g_lse):  # type: ignore[no-untyped-def]
     x, y, q, w, lse = ctx.saved_tensors
     plan = ctx.plan
     if not ctx.needs_input_grad[0] or (g_loss is None and g_lse is None):
-        return None, None, None, None, None
+        return None, None, None, None, None, None
     if torch.is_grad_enabled():
         # create_graph=True: a gradient that is itself differentiable (double backward,
         # Hessian-vector products), through the reference math.
-        return _differentiable_grad(x, y, q, w, g_loss, g_lse, plan), None, None, None, None
+        return _differentiable_grad(x, y, q, w, g_loss, g_lse, plan), None, None, None, None, None
     xr = _rows(x, plan.axis)
     grad = torch.empty(xr.shape, dtype=x.dtype, device=x.device)
     if plan.code is not None and g_lse is None:
@@ -286,9 +292,9 @@ def _backward(ctx, g_loss, g_lse):  # type: ignore[no-untyped-def]
     else:  # (the kernel has no term for a gradient flowing into the lse output)
         _torch_backward(xr, y, q, w, lse, g_loss, g_lse, plan, grad)
     if plan.axis == x.dim() - 1:  # (2-d input: no movedim, ~5 us a call)
-        return grad.view(x.shape), None, None, None, None
+        return grad.view(x.shape), None, None, None, None, None
     moved = x.movedim(plan.axis, -1).shape
-    return grad.view(moved).movedim(-1, plan.axis), None, None, None, None
+    return grad.view(moved).movedim(-1, plan.axis), None, None, None, None, None
 
 
 def _differentiable_grad(x, y, q, w, g_loss, g_lse, plan):  # type: ignore[no-untyped-def]
@@ -298,6 +304,71 @@ def _differentiable_grad(x, y, q, w, g_loss, g_lse, plan):  # type: ignore[no-un
         grads = [g for g in (g_loss, g_lse) if g is not None]
         (dx,) = torch.autograd.grad(outs, x, grads, create_graph=True)
     return dx
+
+
+def _reduce(loss: torch.Tensor, mean: bool) -> torch.Tensor:
+    """The general path's reduction (``torch.sum``, then over ``float(N)`` in the loss's
+    dtype), bit for bit, for a loss that needs no gradient. The mean's division is done by
+    NumPy on the sum's value: one torch op on a 0-d tensor costs ~2.5 us, a sixth of a
+    64 x 10 call, and both divide the same two float32 (float64) values."""
+    out = torch.sum(loss)
+    if not mean:
+        return out
+    t = _NP_FLOATS[loss.dtype]
+    return torch.from_numpy(np.asarray(t(out.item()) / t(loss.shape[0])))
+
+
+class _ReducedSoftmaxCrossEntropy(torch.autograd.Function):
+    """The plain path's ``"mean"``/``"sum"`` loss as one autograd node.
+
+    The general path's graph is the per-example Function, a view, ``sum`` and ``div``:
+    three more nodes, ~15 us of a 64 x 10 training step. Here the reduction runs inside
+    the forward with the same ops, and the backward turns the scalar upstream into the
+    per-row one as DivBackward and SumBackward would (``g / N``, expanded with stride 0),
+    so loss and gradient are the general path's bit for bit. ``y`` is int64 class indices,
+    all in ``[0, C)`` (the kernel checks: anything else raises ``IndexError``).
+    """
+
+    @staticmethod
+    @_disable_compile
+    def forward(ctx, x, y, plan, mean):  # type: ignore[no-untyped-def,override]
+        ctx.set_materialize_grads(False)
+        xr = _rows(x, 1)  # (a view unless the class axis has no unit stride)
+        loss, lse = _kernel_forward(xr, y, None, None, plan, ignored_rows=False)
+        ctx.plan, ctx.mean = plan, mean
+        ctx.save_for_backward(x, y, lse)  # (x itself: a double backward differentiates it)
+        return _reduce(loss, mean)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[no-untyped-def,override]
+        return _reduced_backward(ctx, g)
+
+
+@_disable_compile
+def _reduced_backward(ctx, g):  # type: ignore[no-untyped-def]
+    if g is None or not ctx.needs_input_grad[0]:
+        return None, None, None, None
+    x, y, lse = ctx.saved_tensors
+    n_rows = x.shape[0]
+    if torch.is_grad_enabled() or g.dtype != x.dtype or g.device.type != "cpu":
+        # create_graph=True (through the reference math), or an upstream gradient in
+        # another dtype: DivBackward's and SumBackward's own ops
+        g_rows = (g / float(n_rows) if ctx.mean else g).expand(n_rows)
+        if torch.is_grad_enabled():
+            return _differentiable_grad(x, y, None, None, g_rows, None, ctx.plan), None, None, None
+        grad = torch.empty(x.shape, dtype=x.dtype)
+        _kernel_backward(_rows(x, 1), y, None, None, lse, g_rows, ctx.plan, grad)
+        return grad, None, None, None
+    # g / N as DivBackward computes it (the same two values divided in x's dtype), one
+    # value read by the kernel for every row (SumBackward's expand): no torch op
+    t = _NP_FLOATS[x.dtype]
+    g_row = np.asarray(t(g.item()) / t(n_rows) if ctx.mean else t(g.item()))
+    grad = torch.empty(x.shape, dtype=x.dtype)
+    xr = _rows(x, 1)
+    _kernels.launch(ctx.plan.code, xr.data_ptr(), n_rows, x.shape[1], xr.stride(0),
+                    y_ptr=y.data_ptr(), g_ptr=g_row, g_stride=0, grad_ptr=grad.data_ptr(),
+                    lse_in_ptr=lse.data_ptr(), label_smoothing=ctx.plan.eps)
+    return grad, None, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,6 +454,27 @@ def _kernel_code(input: torch.Tensor, cdt: torch.dtype) -> int | None:
 _INDEX_DTYPES = frozenset({torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8})
 _PLAIN_CODES = {torch.float32: 0, torch.float64: 1}
 _torch_xp: Any = None
+_NP_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
+_plain_plans: dict[tuple[int, int, float], _Plan] = {}
+
+
+def _plain_plan(code: int, n_classes: int, eps: float) -> _Plan:
+    """The plain path's plans, one per (dtype, C, smoothing): a frozen dataclass costs
+    ~2 us to build, a tenth of a 64 x 10 call."""
+    global _torch_xp
+    key = (code, n_classes, eps)
+    plan = _plain_plans.get(key)
+    if plan is None:
+        if _torch_xp is None:
+            import array_api_compat
+
+            _torch_xp = array_api_compat.array_namespace(torch.empty(0))
+        if len(_plain_plans) >= 256:
+            _plain_plans.clear()
+        plan = _plain_plans[key] = _Plan(
+            xp=_torch_xp, axis=1, eps=eps, z_loss=0.0, softcap=None,
+            cdt=torch.float64 if code == 1 else torch.float32, code=code, w_sum=float(n_classes))
+    return plan
 
 
 def _plain_cross_entropy(
@@ -399,11 +491,13 @@ def _plain_cross_entropy(
 ) -> Any:
     """The common call in a few Python steps: a CPU ``(N, C)`` float32/float64 tensor,
     class indices all in ``[0, C)`` and none equal to ``ignore_index``, no class weight,
-    z-loss, soft-capping, ``num_items`` or autocast. The same Function and the same
-    reduction ops as the general path (same values and graph), without its validation
-    (~30 us a call: the array-API namespace, option checks, a problem object). None for
-    anything else: the general path then validates, raises the precise error, and runs."""
-    global _torch_xp
+    z-loss, soft-capping, ``num_items`` or autocast. Loss, lse and gradient are the general
+    path's bit for bit, without its validation (~30 us a call: the array-API namespace,
+    option checks, a problem object): the kernel itself refuses any label outside
+    ``[0, C)``, and then (as for anything else) this returns None and the general path
+    validates, raises the precise error, or handles ``ignore_index``. A reduced loss that
+    needs a gradient is one autograd node (``_ReducedSoftmaxCrossEntropy``); without a
+    gradient no Function is built at all."""
     if type(input) is not torch.Tensor and type(input) is not torch.nn.Parameter:
         return None
     if type(target) is not torch.Tensor or weight is not None or softcap is not None:
@@ -419,28 +513,36 @@ def _plain_cross_entropy(
         return None
     if target.device.type != "cpu" or _autocast_enabled("cpu") or not _kernels.available():
         return None
-    lo_t, hi_t = target.aminmax()
-    lo, hi = int(lo_t), int(hi_t)
-    if lo < 0 or hi >= n_classes:
-        return None
-    if ignore_index is not None and (type(ignore_index) is not int or lo <= ignore_index <= hi):
-        return None
-    if _torch_xp is None:
-        import array_api_compat
-
-        _torch_xp = array_api_compat.array_namespace(input)
+    if ignore_index is not None:
+        if type(ignore_index) is not int:
+            return None
+        # an ignore_index that is a class index too: the kernel would take such labels
+        # for classes, so they are looked for (outside [0, C) the kernel refuses them)
+        if 0 <= ignore_index < n_classes and bool((target == ignore_index).any()):
+            return None
     y = (target if target.dtype == torch.int64 else target.to(torch.int64)).contiguous()
-    plan = _Plan(xp=_torch_xp, axis=1, eps=eps, z_loss=0.0, softcap=None, cdt=input.dtype,
-                 code=code, w_sum=float(n_classes))
-    loss, lse = _SoftmaxCrossEntropy.apply(input, y, None, None, plan)
-    loss, lse = loss.view((n_rows,)), lse.view((n_rows,))
+    plan = _plain_plan(code, n_classes, eps)
+    grad = torch.is_grad_enabled() and input.requires_grad
+    try:
+        if grad and reduction != "none" and not return_lse:
+            out = _ReducedSoftmaxCrossEntropy.apply(input, y, plan, reduction == "mean")
+        elif grad:
+            loss, lse = _SoftmaxCrossEntropy.apply(input, y, None, None, plan, False)
+        else:
+            loss, lse = _kernel_forward(_rows(input, 1), y, None, None, plan, ignored_rows=False)
+    except IndexError:  # a label outside [0, C): the general path names it or ignores it
+        return None
     _kernels._note("torch kernel (float64)" if code == 1 else "torch kernel (float32)")
+    if grad and reduction != "none" and not return_lse:
+        return out
     if reduction == "none":
         out = loss
-    else:  # as the general path: sum, then over float(N) for "mean"
+    elif grad:  # the general path's autograd ops: sum, then over float(N)
         out = torch.sum(loss)
         if reduction == "mean":
             out = out / float(n_rows)
+    else:
+        out = _reduce(loss, reduction == "mean")
     return (out, lse) if return_lse else out
 
 
@@ -534,7 +636,7 @@ def _cross_entropy(
                 code=code,
                 w_sum=w_sum,
             )
-            loss, lse = _SoftmaxCrossEntropy.apply(input, y, q, w, plan)
+            loss, lse = _SoftmaxCrossEntropy.apply(input, y, q, w, plan, True)
             loss, lse = loss.view(shape), lse.view(shape)
             _kernels._note(
                 f"torch kernel ({str(input.dtype).removeprefix('torch.')})"
