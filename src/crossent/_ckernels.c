@@ -704,7 +704,19 @@ typedef struct {
                                thread gets at least this many classes */
     int stream;             /* write the gradient with streaming stores (stream_copy) */
     int64_t y_lo;           /* the least valid label: -1 (ignored rows allowed) or 0 */
+    Py_ssize_t inner;       /* 0: rows of n_cols contiguous classes (row_stride apart). > 0:
+                               the planar layout (N, C, S) of C-contiguous logits and
+                               gradient, class axis in the middle (PyTorch's (N, C, d...)):
+                               row r = n * S + s, its class c at n * C * S + c * S + s,
+                               S = inner; tiles only, class-index targets only */
 } Problem;
+
+/* the planar layout's element offset of (row r, class 0); the row's class c is c * inner
+ * elements further, and the next rows of the same n follow contiguously */
+static inline size_t planar_base(const Problem *pb, Py_ssize_t r) {
+    const Py_ssize_t n = r / pb->inner, s = r - n * pb->inner;
+    return (size_t)n * (size_t)pb->n_cols * (size_t)pb->inner + (size_t)s;
+}
 
 #include "_ckernels_pool.h"
 
@@ -844,6 +856,9 @@ static int epi_grad_rows(Py_ssize_t n_cols, size_t esz) {
 #endif
 
 #define TILE 16   /* rows per tile in the small-C kernels: one vector lane per row */
+#ifndef PLANAR_PREFETCH
+#define PLANAR_PREFETCH 256 /* planar layout: how far ahead in a column the tiles prefetch */
+#endif
 /* Rows of up to small_c(dtype) classes are processed as lanes of a tile (TILE rows at a
  * time, vectorised across rows): below that a row is too short for the row kernels' fixed
  * costs (two horizontal reductions, a scalar log, the finish: ~70 ns a row, 2.2 ns per
@@ -1027,7 +1042,7 @@ typedef void (*row_kernel)(const Problem *, Py_ssize_t, Py_ssize_t, void *, void
 static void row_share(void *ctx, int tid) {
     RowsJob *j = (RowsJob *)ctx;
     const Problem *pb = j->pb;
-    const int small = pb->n_cols <= small_c(pb->dtype);
+    const int small = pb->n_cols <= small_c(pb->dtype) || pb->inner > 0;
     row_kernel k = NULL;
     switch (pb->dtype) {
     case DT_F32: k = small ? (row_kernel)tiles_f32 : (row_kernel)rows_f32; break;
@@ -1127,7 +1142,7 @@ static int run_parallel(const Problem *pb, int *wide, Py_ssize_t *bad) {
     if (nt > POOL_MAX) nt = POOL_MAX;
     *wide = 0;
     *bad = -1;
-    const int tiled = pb->n_cols <= small_c(pb->dtype);
+    const int tiled = pb->n_cols <= small_c(pb->dtype) || pb->inner > 0;
     if ((Py_ssize_t)nt > pb->n_rows && !tiled && pb->wide_min > 0) {
         Py_ssize_t by_cols = pb->n_cols / pb->wide_min;
         int wide_nt = by_cols < nt ? (int)by_cols : nt;
@@ -1244,10 +1259,11 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     pb.wide_min = (Py_ssize_t)1 << 18;
     pb.g_stride = 1;
     int ignored_rows = 1;
-    if (!PyArg_ParseTuple(args, "iOnnnOOOddddOOOOni|Onnp", &pb.dtype, &ox, &pb.n_rows, &pb.n_cols,
+    if (!PyArg_ParseTuple(args, "iOnnnOOOddddOOOOni|Onnpn", &pb.dtype, &ox, &pb.n_rows, &pb.n_cols,
                           &pb.row_stride, &oy, &oq, &ow, &pb.label_smoothing, &pb.z_loss,
                           &pb.softcap, &pb.w_sum, &oloss, &olse, &og, &ograd, &pb.grad_stride,
-                          &pb.n_threads, &olse_in, &pb.wide_min, &pb.g_stride, &ignored_rows))
+                          &pb.n_threads, &olse_in, &pb.wide_min, &pb.g_stride, &ignored_rows,
+                          &pb.inner))
         return NULL;
     pb.y_lo = ignored_rows ? -1 : 0;
     if (!get_address(ox, 0, &views, &x) || !get_address(oy, 0, &views, &y) ||
@@ -1273,6 +1289,11 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     }
     if (!y && !q) {
         PyErr_SetString(PyExc_ValueError, "need class indices or soft targets");
+        goto done;
+    }
+    if (pb.inner < 0 || (pb.inner > 0 && (q || pb.n_rows % pb.inner != 0))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "the planar layout needs class indices and rows = N * inner");
         goto done;
     }
     if (!lse_in && !loss) {

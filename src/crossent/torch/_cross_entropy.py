@@ -186,8 +186,27 @@ def _ptr(t: Any) -> int:
     return 0 if t is None else int(t.data_ptr())
 
 
-def _kernel_forward(xr, y, q, w, plan, ignored_rows=True):  # type: ignore[no-untyped-def]
-    n_rows, n_classes = xr.shape
+def _kernel_rows(x, plan, q):  # type: ignore[no-untyped-def]
+    """The logits as the kernel reads them: ``(x, S)`` for the planar layout (C-contiguous
+    ``(N, C, d...)`` with class-index targets: read in place, S = prod(d)), else
+    ``(rows, 0)`` (a class-last ``(rows, C)`` view or copy)."""
+    if q is None and plan.axis != x.dim() - 1:
+        inner = _kernels.planar_inner(tuple(x.shape), plan.axis, x.is_contiguous())
+        if inner:
+            return x, inner
+    return _rows(x, plan.axis), 0
+
+
+def _kernel_shape(xr, plan, inner):  # type: ignore[no-untyped-def]
+    """(rows, classes, row stride) of what _kernel_rows returned"""
+    if not inner:
+        return xr.shape[0], xr.shape[1], xr.stride(0)
+    n_classes = xr.shape[plan.axis]
+    return xr.numel() // n_classes, n_classes, 0
+
+
+def _kernel_forward(xr, y, q, w, plan, ignored_rows=True, inner=0):  # type: ignore[no-untyped-def]
+    n_rows, n_classes, row_stride = _kernel_shape(xr, plan, inner)
     loss = torch.empty(n_rows, dtype=plan.cdt)
     lse = torch.empty(n_rows, dtype=plan.cdt)
     _kernels.launch(
@@ -195,7 +214,7 @@ def _kernel_forward(xr, y, q, w, plan, ignored_rows=True):  # type: ignore[no-un
         xr.data_ptr(),
         n_rows,
         n_classes,
-        xr.stride(0),
+        row_stride,
         loss_ptr=loss.data_ptr(),
         lse_ptr=lse.data_ptr(),
         y_ptr=_ptr(y),
@@ -206,12 +225,13 @@ def _kernel_forward(xr, y, q, w, plan, ignored_rows=True):  # type: ignore[no-un
         z_loss=plan.z_loss,
         softcap=plan.softcap,
         ignored_rows=ignored_rows,
+        inner=inner,
     )
     return loss, lse
 
 
-def _kernel_backward(xr, y, q, w, lse, g, plan, grad):  # type: ignore[no-untyped-def]
-    n_rows, n_classes = xr.shape
+def _kernel_backward(xr, y, q, w, lse, g, plan, grad, inner=0):  # type: ignore[no-untyped-def]
+    n_rows, n_classes, row_stride = _kernel_shape(xr, plan, inner)
     # A reduced loss's upstream reaches here as one value expanded over the rows (stride
     # 0): the kernel reads it with stride 0 instead of from a copy with N entries (fresh
     # pages on every step). No g: only the lse output is differentiated, g = 0.
@@ -227,7 +247,7 @@ def _kernel_backward(xr, y, q, w, lse, g, plan, grad):  # type: ignore[no-untype
         xr.data_ptr(),
         n_rows,
         n_classes,
-        xr.stride(0),
+        row_stride,
         y_ptr=_ptr(y),
         q_ptr=_ptr(q),
         w_ptr=_ptr(w),
@@ -238,8 +258,9 @@ def _kernel_backward(xr, y, q, w, lse, g, plan, grad):  # type: ignore[no-untype
         g_ptr=g.data_ptr(),
         g_stride=g_stride,
         grad_ptr=grad.data_ptr(),
-        grad_stride=grad.stride(0),
+        grad_stride=0 if inner else grad.stride(0),
         lse_in_ptr=lse.data_ptr(),
+        inner=inner,
     )
 
 
@@ -261,11 +282,11 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
     @_disable_compile
     def forward(ctx, x, y, q, w, plan, ignored_rows):  # type: ignore[no-untyped-def,override]
         ctx.set_materialize_grads(False)
-        xr = _rows(x, plan.axis)
         if plan.code is not None:
-            loss, lse = _kernel_forward(xr, y, q, w, plan, ignored_rows)
+            xr, inner = _kernel_rows(x, plan, q)
+            loss, lse = _kernel_forward(xr, y, q, w, plan, ignored_rows, inner)
         else:
-            loss, lse = _torch_forward(xr, y, q, w, plan)
+            loss, lse = _torch_forward(_rows(x, plan.axis), y, q, w, plan)
         ctx.plan = plan
         ctx.save_for_backward(x, y, q, w, lse)
         return loss, lse
@@ -285,6 +306,12 @@ def _backward(ctx, g_loss, g_lse):  # type: ignore[no-untyped-def]
         # create_graph=True: a gradient that is itself differentiable (double backward,
         # Hessian-vector products), through the reference math.
         return _differentiable_grad(x, y, q, w, g_loss, g_lse, plan), None, None, None, None, None
+    if plan.code is not None and g_lse is None:
+        xr, inner = _kernel_rows(x, plan, q)
+        if inner:  # the planar layout: the gradient in the logits' own (contiguous) layout
+            grad = torch.empty(x.shape, dtype=x.dtype)
+            _kernel_backward(xr, y, q, w, lse, g_loss, plan, grad, inner)
+            return grad, None, None, None, None, None
     xr = _rows(x, plan.axis)
     grad = torch.empty(xr.shape, dtype=x.dtype, device=x.device)
     if plan.code is not None and g_lse is None:
