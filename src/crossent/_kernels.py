@@ -9,6 +9,7 @@ the caller uses the reference implementation: both give the same results to floa
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -205,7 +206,7 @@ def planar_inner(shape: tuple[int, ...], axis: int, c_contiguous: bool) -> int:
     axis = axis % len(shape)
     if axis == len(shape) - 1 or shape[axis] > _PLANAR_MAX_CLASSES or not c_contiguous:
         return 0
-    inner = int(np.prod(shape[axis + 1:]))
+    inner = math.prod(shape[axis + 1:])  # (np.prod of a tuple: ~10 us)
     return inner if inner >= _PLANAR_MIN_INNER else 0
 
 
