@@ -2,8 +2,8 @@
 maps, sequence models' ``(B, V, T)``) — the class axis in the middle, as PyTorch lays them
 out — where crossent reads the logits in place (the planar layout of the tile kernels).
 
-Per shape, in one process with the same threads for everyone, round-robin (one call of
-each implementation per round, so that drifting background load hits all alike):
+Per shape, in one process with the same threads for everyone, each implementation's calls
+back to back (``--interleave``: round-robin, one call of each per round):
 
 - fwd: the mean loss. ``crossent`` (NumPy, ``axis=1``), ``crossent.torch``
   (``crossent.torch.cross_entropy``), ``torch`` (``F.cross_entropy`` eager),
@@ -17,6 +17,10 @@ each implementation per round, so that drifting background load hits all alike):
     python -m benchmarks.planar                  # the default shapes
     python -m benchmarks.planar --quick          # one small shape, a few seconds
     python -m benchmarks.planar --shapes 8x21x256x256,2x19x512x1024 --threads 2
+
+Round-robin shows what a PyTorch program sees: after a torch op, PyTorch's OpenMP threads
+spin for milliseconds (libgomp's default), taking the CPUs crossent's own threads would
+use; ``OMP_WAIT_POLICY=passive`` stops that (see the README).
 
 Writes ``planar-<time>-<commit>.csv`` and ``.md`` (median, p20/p80, machine, versions,
 threads) into ``--out`` (default ``benchmarks/results``).
@@ -103,7 +107,8 @@ def _cells(mode: str, x: np.ndarray, y: np.ndarray, threads: int) -> list[Cell]:
     return cells
 
 
-def run(shapes: list[tuple[int, ...]], threads: int, repeats: int, budget: float) -> list[dict]:
+def run(shapes: list[tuple[int, ...]], threads: int, repeats: int, budget: float,
+        interleave: bool = False) -> list[dict]:
     rows = []
     for shape in shapes:
         n, c = shape[0], shape[1]
@@ -120,7 +125,11 @@ def run(shapes: list[tuple[int, ...]], threads: int, repeats: int, budget: float
                     if cell.ok:
                         cell.fn()  # warm-up (pages, pools, caches)
                 la0 = load_average()[0]
-                round_robin(cells + [lim], repeats, 3, budget)
+                if interleave:
+                    round_robin(cells + [lim], repeats, 3, budget)
+                else:
+                    for cell in [lim] + cells:
+                        round_robin([cell], repeats, 3, budget)
                 lim_s = lim.summary()["median_s"]
                 for cell in cells + [lim]:
                     s = cell.summary()
@@ -142,13 +151,16 @@ def _fmt(t: float | None) -> str:
     return f"{t * 1e3:.2f} ms" if t >= 1e-3 else f"{t * 1e6:.0f} µs"
 
 
-def report(rows: list[dict], info: dict, versions: dict, argv: list[str]) -> str:
+def report(rows: list[dict], info: dict, versions: dict, argv: list[str],
+           interleave: bool = False) -> str:
     lines = [f"# crossent on (N, C, d...) logits — {now_iso()}", "",
              f"- run: `python -m benchmarks.planar {' '.join(argv)}`, commit `{info['git_commit']}`",
              f"- machine: {info['cpu_model']}, {info['logical_cpus']} logical CPUs, "
              f"{info['usable_cpus']} usable; {info['platform']}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-             f"- threads: {rows[0]['threads'] if rows else '?'} for everyone; round-robin timing",
+             f"- threads: {rows[0]['threads'] if rows else '?'} for everyone; timing: "
+             + ("round-robin" if interleave else "each implementation's calls back to back")
+             + f"; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}",
              "", "| N×C×d | mode | implementation | median | p20–p80 | × limit | ÷ torch eager |",
              "|---|---|---|---|---|---|---|"]
     eager = {(r["shape"], r["mode"]): r["median_s"] for r in rows if r["impl"] == "torch"}
@@ -176,10 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--budget", type=float, default=2.0, help="seconds of timed calls per cell")
+    p.add_argument("--interleave", action="store_true",
+                   help="round-robin: one call of each implementation per round")
     p.add_argument("--out", default="benchmarks/results")
     a = p.parse_args(argv)
     shapes = _parse(a.shapes or ",".join(QUICK_SHAPES if a.quick else DEFAULT_SHAPES))
-    rows = run(shapes, a.threads, a.repeats, a.budget)
+    rows = run(shapes, a.threads, a.repeats, a.budget, a.interleave)
     info = machine_info()
     import crossent
 
@@ -191,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         versions["torch"] = torch.__version__
     except ImportError:
         pass
-    md = report(rows, info, versions, argv)
+    md = report(rows, info, versions, argv, a.interleave)
     print(md)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -176,8 +176,8 @@ def test_everything_else_takes_the_general_path(monkeypatch, case):
         kwargs["softcap"] = 5.0
     elif case == "num_items":
         kwargs.update(num_items=5, reduction="sum")
-    elif case == "three_dims":
-        x = torch.randn(2, 6, 4, generator=g)
+    elif case == "three_dims":  # not contiguous: read through a class-last copy
+        x = torch.randn(2, 4, 6, generator=g).transpose(1, 2)
         y = torch.randint(0, 6, (2, 4), generator=g)
     elif case == "bf16":
         x = x.to(torch.bfloat16)
@@ -229,4 +229,38 @@ def test_views_are_read_through_their_strides(monkeypatch, view, grad):
             if grad:
                 loss.backward()
             results.append([loss.detach()] + ([b.grad] if grad else []))
+    _assert_same_bits(results[0], results[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 7, 4), (3, 5, 6, 7), (2, 90, 33)])
+@pytest.mark.parametrize("opts", [dict(), dict(reduction="sum", label_smoothing=0.3),
+                                  dict(reduction="none"), dict(return_lse=True)])
+@pytest.mark.parametrize("grad", [True, False])
+def test_plain_path_reads_n_c_d_inputs_with_the_general_paths_bits(monkeypatch, dtype, shape, opts,
+                                                                    grad):
+    """Contiguous (N, C, d...) logits take the plain path too (the kernel reads them in
+    place): loss, lse and gradient equal the general path's bit for bit."""
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g, dtype=dtype) * 3
+    x.view(-1)[5] = float("nan")
+    y = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=g)
+    results = []
+    for general in (False, True):
+        with monkeypatch.context() as m:
+            if general:
+                _general_path(m)
+            else:
+                real = ce_mod._plain_cross_entropy
+                taken = []
+                m.setattr(ce_mod, "_plain_cross_entropy",
+                          lambda *a: taken.append(real(*a)) or taken[-1])
+            if grad:
+                values, dx, _ = _run(x, y, opts)
+                results.append(values + [dx])
+            else:
+                out = cross_entropy(x, y, **opts)
+                results.append(list(out) if isinstance(out, tuple) else [out])
+            if not general:
+                assert taken and taken[0] is not None
     _assert_same_bits(results[0], results[1])
