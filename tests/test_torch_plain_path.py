@@ -146,7 +146,7 @@ def test_plain_path_matches_pytorch():
     torch.testing.assert_close(gx, rx, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("case", ["label_too_big", "negative_label", "minus_one_label", "ignored_label", "float_target",
+@pytest.mark.parametrize("case", ["label_too_big", "negative_label", "minus_one_label", "float_target",
                                   "weight", "z_loss", "softcap", "num_items", "three_dims", "autocast",
                                   "bf16", "bad_reduction", "bad_smoothing", "list_input"])
 def test_everything_else_takes_the_general_path(monkeypatch, case):
@@ -164,8 +164,6 @@ def test_everything_else_takes_the_general_path(monkeypatch, case):
     elif case == "minus_one_label":  # the kernel's own "ignored" marker: refused, not ignored
         y[7] = -1
         error = "target"
-    elif case == "ignored_label":
-        y[2] = -100
     elif case == "float_target":
         y = torch.softmax(torch.randn(8, 6, generator=g), dim=1)
     elif case == "weight":
@@ -264,3 +262,58 @@ def test_plain_path_reads_n_c_d_inputs_with_the_general_paths_bits(monkeypatch, 
             if not general:
                 assert taken and taken[0] is not None
     _assert_same_bits(results[0], results[1])
+
+
+@pytest.mark.parametrize("shape", [(40, 6), (2, 21, 9, 7)])
+@pytest.mark.parametrize("ignore_index, labels", [(-100, "some"), (255, "some"), (-1, "some"),
+                                                  (-100, "all"), (255, "none")])
+@pytest.mark.parametrize("opts", [dict(), dict(reduction="sum", label_smoothing=0.2),
+                                  dict(reduction="none", return_lse=True)])
+@pytest.mark.parametrize("grad", [True, False])
+def test_plain_path_maps_ignored_labels_with_the_general_paths_bits(monkeypatch, shape, ignore_index,
+                                                                    labels, opts, grad):
+    """ignore_index outside [0, C) (padding -100, 255 in segmentation maps, -1): the plain
+    path maps those labels to the kernel's "ignored" and divides the mean by the count of
+    the others; all ignored: a NaN mean and a zero gradient, as the general path. Called
+    after a call with and without ignored labels (the path remembers which it saw)."""
+    g = torch.Generator().manual_seed(len(shape) + abs(ignore_index))
+    x = torch.randn(shape, generator=g) * 2
+    y = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=g)
+    if labels == "some":
+        y.view(-1)[::3] = ignore_index
+    elif labels == "all":
+        y.fill_(ignore_index)
+    opts = dict(opts, ignore_index=ignore_index)
+    for before in (False, True):
+        ce_mod._plain_saw_ignored[0] = before
+        results = []
+        for general in (False, True):
+            with monkeypatch.context() as m:
+                taken = []
+                if general:
+                    _general_path(m)
+                else:
+                    real = ce_mod._plain_cross_entropy
+                    m.setattr(ce_mod, "_plain_cross_entropy",
+                              lambda *a: taken.append(real(*a)) or taken[-1])
+                if grad:
+                    values, dx, _ = _run(x, y, opts)
+                    results.append(values + [dx])
+                else:
+                    out = cross_entropy(x, y, **opts)
+                    results.append(list(out) if isinstance(out, tuple) else [out])
+                if not general:
+                    assert taken and taken[0] is not None
+        _assert_same_bits(results[0], results[1])
+
+
+def test_a_minus_one_label_is_an_error_unless_it_is_ignore_index():
+    x = torch.randn(10, 4)
+    y = torch.randint(0, 4, (10,))
+    y[2], y[5] = -100, -1
+    with pytest.raises(crossent.TargetOutOfRangeError, match=r"target\[5\] = -1"):
+        cross_entropy(x, y)  # ignore_index=-100: -100 is ignored, -1 is not a class
+    y[2] = 0  # ignore_index=-1: the -1 labels are ignored
+    ref = torch.nn.functional.cross_entropy(x, y, ignore_index=-1)
+    torch.testing.assert_close(cross_entropy(x, y, ignore_index=-1), ref)
+    assert torch.isfinite(ref)

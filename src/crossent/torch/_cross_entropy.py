@@ -340,16 +340,17 @@ def _differentiable_grad(x, y, q, w, g_loss, g_lse, plan):  # type: ignore[no-un
     return dx
 
 
-def _reduce(loss: torch.Tensor, mean: bool) -> torch.Tensor:
-    """The general path's reduction (``torch.sum``, then over ``float(N)`` in the loss's
-    dtype), bit for bit, for a loss that needs no gradient. The mean's division is done by
-    NumPy on the sum's value: one torch op on a 0-d tensor costs ~2.5 us, a sixth of a
-    64 x 10 call, and both divide the same two float32 (float64) values."""
+def _reduce(loss: torch.Tensor, denom: float | None) -> torch.Tensor:
+    """The general path's reduction (``torch.sum``, then for the mean over its denominator
+    ``denom`` in the loss's dtype: NaN for 0), bit for bit, for a loss that needs no
+    gradient; ``denom`` None: the sum. The division is done by NumPy on the sum's value:
+    one torch op on a 0-d tensor costs ~2.5 us, a sixth of a 64 x 10 call, and both divide
+    the same two float32 (float64) values."""
     out = torch.sum(loss)
-    if not mean:
+    if denom is None:
         return out
     t = _NP_FLOATS[loss.dtype]
-    return torch.from_numpy(np.asarray(t(out.item()) / t(loss.shape[0])))
+    return torch.from_numpy(np.asarray(t(out.item()) / t(_nonzero_denominator(denom))))
 
 
 class _ReducedSoftmaxCrossEntropy(torch.autograd.Function):
@@ -365,13 +366,14 @@ class _ReducedSoftmaxCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     @_disable_compile
-    def forward(ctx, x, y, plan, mean):  # type: ignore[no-untyped-def,override]
+    def forward(ctx, x, y, plan, denom, ignored_rows):  # type: ignore[no-untyped-def,override]
         ctx.set_materialize_grads(False)
         xr, inner = _kernel_rows(x, plan, None)  # (x itself unless a copy is needed)
-        loss, lse = _kernel_forward(xr, y, None, None, plan, False, inner, keep_loss=False)
-        ctx.plan, ctx.mean = plan, mean
+        loss, lse = _kernel_forward(xr, y, None, None, plan, ignored_rows, inner,
+                                    keep_loss=False)
+        ctx.plan, ctx.denom = plan, denom
         ctx.save_for_backward(x, y, lse)  # (x itself: a double backward differentiates it)
-        return _reduce(loss, mean)
+        return _reduce(loss, denom)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[no-untyped-def,override]
@@ -380,30 +382,33 @@ class _ReducedSoftmaxCrossEntropy(torch.autograd.Function):
 
 @_disable_compile
 def _reduced_backward(ctx, g):  # type: ignore[no-untyped-def]
+    none = (None,) * 4
     if g is None or not ctx.needs_input_grad[0]:
-        return None, None, None, None
+        return (None,) + none
     x, y, lse = ctx.saved_tensors
     n_rows = y.shape[0]
+    denom = None if ctx.denom is None else _nonzero_denominator(ctx.denom)
     if torch.is_grad_enabled() or g.dtype != x.dtype or g.device.type != "cpu":
         # create_graph=True (through the reference math), or an upstream gradient in
         # another dtype: DivBackward's and SumBackward's own ops
-        g_rows = (g / float(n_rows) if ctx.mean else g).expand(n_rows)
+        g_rows = (g if denom is None else g / denom).expand(n_rows)
         if torch.is_grad_enabled():
-            return _differentiable_grad(x, y, None, None, g_rows, None, ctx.plan), None, None, None
+            return (_differentiable_grad(x, y, None, None, g_rows, None, ctx.plan),) + none
         xr, inner = _kernel_rows(x, ctx.plan, None)
         grad = torch.empty(xr.shape if not inner else x.shape, dtype=x.dtype)
         _kernel_backward(xr, y, None, None, lse, g_rows, ctx.plan, grad, inner)
-        return grad.view(x.shape), None, None, None
-    # g / N as DivBackward computes it (the same two values divided in x's dtype), one
-    # value read by the kernel for every row (SumBackward's expand): no torch op
+        return (grad.view(x.shape),) + none
+    # g / denominator as DivBackward computes it (the same two values divided in x's
+    # dtype), one value read by the kernel for every row (SumBackward's expand; ignored
+    # rows get 0): no torch op
     t = _NP_FLOATS[x.dtype]
-    g_row = np.asarray(t(g.item()) / t(n_rows) if ctx.mean else t(g.item()))
+    g_row = np.asarray(t(g.item()) if denom is None else t(g.item()) / t(denom))
     xr, inner = _kernel_rows(x, ctx.plan, None)
     grad = torch.empty(xr.shape if not inner else x.shape, dtype=x.dtype)
     _kernels.launch(ctx.plan.code, xr.data_ptr(), n_rows, x.shape[1], 0 if inner else xr.stride(0),
                     y_ptr=y.data_ptr(), g_ptr=g_row, g_stride=0, grad_ptr=grad.data_ptr(),
                     lse_in_ptr=lse.data_ptr(), label_smoothing=ctx.plan.eps, inner=inner)
-    return grad.view(x.shape), None, None, None
+    return (grad.view(x.shape),) + none
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,18 +571,40 @@ def _plain_cross_entropy(
     y = y.view(-1) if y.ndim != 1 else y
     plan = _plain_plan(code, n_classes, eps)
     grad = torch.is_grad_enabled() and input.requires_grad
-    try:
-        if grad and reduction != "none" and not return_lse:
-            out = _ReducedSoftmaxCrossEntropy.apply(input, y, plan, reduction == "mean")
-        elif grad:
-            loss, lse = _SoftmaxCrossEntropy.apply(input, y, None, None, plan, False)
-        else:
-            xr, inner = _kernel_rows(input, plan, None)
-            reduced = reduction != "none"
-            loss, lse = _kernel_forward(xr, y, None, None, plan, False, inner,
-                                        keep_loss=not reduced, want_lse=return_lse)
-    except IndexError:  # a label outside [0, C): the general path names it or ignores it
-        return None
+    mean = reduction == "mean"
+    # ignore_index outside [0, C) (-100 padding, 255 in segmentation maps): the kernel
+    # refuses such labels; they are then mapped to its "ignored" -1 (NumPy, on the labels'
+    # memory: a torch op here would wake PyTorch's threads) and the kernel runs again. A
+    # call after one that had ignored labels maps first. (Mean denominators are counts,
+    # exact in float32 below 2^24, as the general path's.)
+    may_ignore = (ignore_index is not None and not 0 <= ignore_index < n_classes
+                  and n_rows < 1 << 24)
+    denom, ignored_rows = float(n_rows), False
+    for attempt in (0, 1):
+        if may_ignore and (attempt or _plain_saw_ignored[0]):
+            mapped = _map_ignored(y, ignore_index)
+            if mapped is False:
+                return None  # a label -1 that is not ignore_index: the general path names it
+            _plain_saw_ignored[0] = mapped is not None
+            if mapped is None and attempt:
+                return None  # refused for another label
+            if mapped is not None:
+                y, denom = mapped
+                ignored_rows = True
+        try:
+            if grad and reduction != "none" and not return_lse:
+                out = _ReducedSoftmaxCrossEntropy.apply(input, y, plan, denom if mean else None,
+                                                        ignored_rows)
+            elif grad:
+                loss, lse = _SoftmaxCrossEntropy.apply(input, y, None, None, plan, ignored_rows)
+            else:
+                xr, inner = _kernel_rows(input, plan, None)
+                loss, lse = _kernel_forward(xr, y, None, None, plan, ignored_rows, inner,
+                                            keep_loss=reduction == "none", want_lse=return_lse)
+            break
+        except IndexError:  # a label outside [0, C): ignore_index, or the general path names it
+            if ignored_rows or not may_ignore:
+                return None
     _kernels._note("torch kernel (float64)" if code == 1 else "torch kernel (float32)")
     if grad and reduction != "none" and not return_lse:
         return out
@@ -586,13 +613,30 @@ def _plain_cross_entropy(
         lse = None if lse is None else lse.view(target.shape)
     if reduction == "none":
         out = loss
-    elif grad:  # the general path's autograd ops: sum, then over float(N)
+    elif grad:  # the general path's autograd ops: sum, then over the denominator
         out = torch.sum(loss)
-        if reduction == "mean":
-            out = out / float(n_rows)
+        if mean:
+            out = out / _nonzero_denominator(denom)
     else:
-        out = _reduce(loss, reduction == "mean")
+        out = _reduce(loss, denom if mean else None)
     return (out, lse) if return_lse else out
+
+
+_plain_saw_ignored = [False]  # the last plain call that could have ignored labels had some
+
+
+def _map_ignored(y: torch.Tensor, ignore_index: int) -> Any:
+    """``(labels with ignore_index as -1, the other labels' count)``; None when no label is
+    ignore_index; False when some label is -1 but ignore_index is not (the kernel would
+    take it for ignored: the general path names it)."""
+    yn = y.numpy()
+    hit = yn == ignore_index
+    n_hit = int(np.count_nonzero(hit))
+    if not n_hit:
+        return None
+    if ignore_index != -1 and bool((yn == -1).any()):
+        return False
+    return torch.from_numpy(np.where(hit, -1, yn)), float(yn.size - n_hit)
 
 
 @_disable_compile
