@@ -16,13 +16,18 @@ How it runs:
   the saved lse: one read of the logits, one write of the gradient.
 * On CPU tensors (float32, float64, bfloat16, float16) both passes run crossent's fused C
   kernel directly on the tensors' memory (zero-copy when the class axis has unit stride,
-  as for ``(N, C)`` inputs; ``(N, C, d...)`` inputs are read through one class-last copy).
+  as for ``(N, C)`` inputs, and for contiguous ``(N, C, d...)`` inputs with class-index
+  targets: the kernels' planar layout; others are read through one class-last copy).
 * On other devices, and for anything the kernel cannot take, a pure-PyTorch path runs the
   same math (crossent's reference implementation) over chunks of rows, so that no
   ``(N, C)`` float32 temporary exists besides the gradient itself.
 * Reduction happens outside the Function, in PyTorch, on the per-example loss: ``"mean"``
   divides by PyTorch's denominator (the sum of the targets' class weights, ignored
   examples excluded), or by ``num_items`` when given.
+* The common CPU call (``_plain_cross_entropy``: float32/float64, class indices, no class
+  weight, z-loss, softcap, ``num_items`` or autocast) skips the validation above: the
+  kernel checks the labels, and a reduced loss is one autograd node that sums and divides
+  with the same ops (``_ReducedSoftmaxCrossEntropy``): the same bits as the general path.
 """
 
 from __future__ import annotations
