@@ -844,7 +844,7 @@ def cross_entropy(
     >>> logits = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]], requires_grad=True)
     >>> loss = cross_entropy(logits, torch.tensor([2, 0]))
     >>> loss
-    tensor(1.4076, grad_fn=<DivBackward0>)
+    tensor(1.4076, grad_fn=<_ReducedSoftmaxCrossEntropyBackward>)
     >>> loss.backward()
     >>> logits.grad
     tensor([[ 0.0450,  0.1224, -0.1674],
