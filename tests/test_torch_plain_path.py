@@ -41,6 +41,30 @@ def _general_path(monkeypatch):
     monkeypatch.setattr(ce_mod, "_plain_cross_entropy", lambda *a: None)
 
 
+def _assert_plain_equals_general(monkeypatch, x, y, opts, grad):
+    """The plain path runs (returns a result) and gives the general path's values, lse
+    and (``grad``) gradient bit for bit; without ``grad`` the input needs none."""
+    results = []
+    for general in (False, True):
+        with monkeypatch.context() as m:
+            taken = []
+            if general:
+                _general_path(m)
+            else:
+                real = ce_mod._plain_cross_entropy
+                m.setattr(ce_mod, "_plain_cross_entropy",
+                          lambda *a: taken.append(real(*a)) or taken[-1])
+            if grad:
+                values, dx, _ = _run(x, y, opts)
+                results.append(values + [dx])
+            else:
+                out = cross_entropy(x, y, **opts)
+                results.append(list(out) if isinstance(out, tuple) else [out])
+            if not general:
+                assert taken and taken[0] is not None
+    _assert_same_bits(results[0], results[1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(1, 3), (64, 10), (37, 130), (5, 3000)])
 @pytest.mark.parametrize("opts", [dict(), dict(reduction="sum"), dict(reduction="none"),
@@ -243,25 +267,7 @@ def test_plain_path_reads_n_c_d_inputs_with_the_general_paths_bits(monkeypatch, 
     x = torch.randn(shape, generator=g, dtype=dtype) * 3
     x.view(-1)[5] = float("nan")
     y = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=g)
-    results = []
-    for general in (False, True):
-        with monkeypatch.context() as m:
-            if general:
-                _general_path(m)
-            else:
-                real = ce_mod._plain_cross_entropy
-                taken = []
-                m.setattr(ce_mod, "_plain_cross_entropy",
-                          lambda *a: taken.append(real(*a)) or taken[-1])
-            if grad:
-                values, dx, _ = _run(x, y, opts)
-                results.append(values + [dx])
-            else:
-                out = cross_entropy(x, y, **opts)
-                results.append(list(out) if isinstance(out, tuple) else [out])
-            if not general:
-                assert taken and taken[0] is not None
-    _assert_same_bits(results[0], results[1])
+    _assert_plain_equals_general(monkeypatch, x, y, opts, grad)
 
 
 @pytest.mark.parametrize("shape", [(40, 6), (2, 21, 9, 7)])
@@ -286,25 +292,7 @@ def test_plain_path_maps_ignored_labels_with_the_general_paths_bits(monkeypatch,
     opts = dict(opts, ignore_index=ignore_index)
     for before in (False, True):
         ce_mod._plain_saw_ignored[0] = before
-        results = []
-        for general in (False, True):
-            with monkeypatch.context() as m:
-                taken = []
-                if general:
-                    _general_path(m)
-                else:
-                    real = ce_mod._plain_cross_entropy
-                    m.setattr(ce_mod, "_plain_cross_entropy",
-                              lambda *a: taken.append(real(*a)) or taken[-1])
-                if grad:
-                    values, dx, _ = _run(x, y, opts)
-                    results.append(values + [dx])
-                else:
-                    out = cross_entropy(x, y, **opts)
-                    results.append(list(out) if isinstance(out, tuple) else [out])
-                if not general:
-                    assert taken and taken[0] is not None
-        _assert_same_bits(results[0], results[1])
+        _assert_plain_equals_general(monkeypatch, x, y, opts, grad)
 
 
 def test_a_minus_one_label_is_an_error_unless_it_is_ignore_index():
