@@ -19,6 +19,13 @@ from crossent.torch._cross_entropy import cross_entropy  # noqa: E402
 pytestmark = pytest.mark.skipif(not _kernels.available(), reason="compiled kernels not built")
 
 
+@pytest.fixture(autouse=True)
+def lean_backward(monkeypatch):
+    """The bit-for-bit comparisons run with the gradient computed in the backward (as the
+    general path does); a gradient computed in the forward has its own tests below."""
+    monkeypatch.setattr(ce_mod, "_EAGER_GRAD_BYTES", 0)
+
+
 def _run(x, y, opts, upstream=1.7):
     xg = x.clone().requires_grad_(True)
     out = cross_entropy(xg, y, **opts)
@@ -196,8 +203,8 @@ def test_everything_else_takes_the_general_path(monkeypatch, case):
         kwargs["z_loss"] = 1e-3
     elif case == "softcap":
         kwargs["softcap"] = 5.0
-    elif case == "num_items":
-        kwargs.update(num_items=5, reduction="sum")
+    elif case == "num_items":  # a tensor (a number takes the plain path)
+        kwargs.update(num_items=torch.tensor(5.0), reduction="sum")
     elif case == "three_dims":  # not contiguous: read through a class-last copy
         x = torch.randn(2, 4, 6, generator=g).transpose(1, 2)
         y = torch.randint(0, 6, (2, 4), generator=g)
@@ -305,3 +312,37 @@ def test_a_minus_one_label_is_an_error_unless_it_is_ignore_index():
     ref = torch.nn.functional.cross_entropy(x, y, ignore_index=-1)
     torch.testing.assert_close(cross_entropy(x, y, ignore_index=-1), ref)
     assert torch.isfinite(ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(64, 10), (37, 130), (2, 21, 9, 7)])
+@pytest.mark.parametrize("opts", [dict(), dict(reduction="sum", label_smoothing=0.2),
+                                  dict(ignore_index=255, num_items=50, reduction="sum")])
+def test_gradient_computed_in_the_forward(monkeypatch, dtype, shape, opts):
+    """Logits up to _EAGER_GRAD_BYTES get their gradient from the forward's single pass:
+    the loss is the general path's bit for bit, the gradient the same to float rounding;
+    it is handed over once (a second backward with retain_graph recomputes it, and
+    changing the first in place does not change the second) and only for an upstream
+    value of 1 (any other recomputes it: the general path's bits)."""
+    monkeypatch.setattr(ce_mod, "_EAGER_GRAD_BYTES", 64 << 20)
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g, dtype=dtype) * 3
+    y = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=g)
+    y.view(-1)[::4] = 255 if "ignore_index" in opts else y.view(-1)[::4]
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-15)
+    with monkeypatch.context() as m:
+        _general_path(m)
+        ref, ref_grad, _ = _run(x, y, opts, upstream=1.0)
+        _, ref_grad3, _ = _run(x, y, opts, upstream=3.0)
+    xg = x.clone().requires_grad_(True)
+    loss = cross_entropy(xg, y, **opts)
+    assert type(loss.grad_fn).__name__ == "_ReducedSoftmaxCrossEntropyBackward"
+    assert torch.equal(loss.detach(), ref[0])
+    (first,) = torch.autograd.grad(loss, xg, retain_graph=True)
+    torch.testing.assert_close(first, ref_grad, **tol)
+    first.mul_(0)  # (autograd may hand it to x.grad, which optimizers change in place)
+    (second,) = torch.autograd.grad(loss, xg, retain_graph=True)
+    assert torch.equal(second, ref_grad)  # recomputed from the lse: the general path's bits
+    xg3 = x.clone().requires_grad_(True)
+    (cross_entropy(xg3, y, **opts) * 3.0).backward()
+    assert torch.equal(xg3.grad, ref_grad3)

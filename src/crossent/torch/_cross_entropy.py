@@ -33,6 +33,7 @@ How it runs:
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,10 +212,12 @@ def _kernel_shape(xr, plan, inner):  # type: ignore[no-untyped-def]
 
 
 def _kernel_forward(xr, y, q, w, plan, ignored_rows=True, inner=0, keep_loss=True,
-                    want_lse=True):  # type: ignore[no-untyped-def]
+                    want_lse=True, grad=None, g_row=None):  # type: ignore[no-untyped-def]
     """Per-row (loss, lse). ``keep_loss=False``: the loss in this thread's reused scratch
     (only summed: no fresh pages per call, ~1 ms per million rows); ``want_lse=False``:
-    lse not stored (None)."""
+    lse not stored (None). With ``grad`` (laid out as ``xr``, or as the logits in the
+    planar layout) the gradient too, in the same pass, for the upstream value ``g_row``
+    (a 0-d array) of every row."""
     n_rows, n_classes, row_stride = _kernel_shape(xr, plan, inner)
     if keep_loss:
         loss = torch.empty(n_rows, dtype=plan.cdt)
@@ -238,6 +241,10 @@ def _kernel_forward(xr, y, q, w, plan, ignored_rows=True, inner=0, keep_loss=Tru
         softcap=plan.softcap,
         ignored_rows=ignored_rows,
         inner=inner,
+        g_ptr=0 if grad is None else g_row,
+        g_stride=0,
+        grad_ptr=_ptr(grad),
+        grad_stride=0 if grad is None or inner else grad.stride(0),
     )
     return loss, lse
 
@@ -358,15 +365,30 @@ def _reduce(loss: torch.Tensor, denom: float | None) -> torch.Tensor:
     return torch.from_numpy(np.asarray(t(out.item()) / t(_nonzero_denominator(denom))))
 
 
+# Logits up to this size get their reduced loss's gradient in the forward pass, from the
+# same single pass as the loss (the fused kernel of softmax_cross_entropy_value_and_grad):
+# one read of the logits and one kernel call instead of two of each. The gradient is then
+# held from forward to backward, as PyTorch holds its (N, C) log-softmax, where the lean
+# design holds the per-row lse only; larger logits (vocabulary-sized) keep the lean design
+# and the backward recomputes from the lse. Measured, float32, 2 threads, forward +
+# backward: 64 x 10 ~83 -> ~75 us; (8, 21, 256, 256) 24 -> 19 ms.
+_EAGER_GRAD_BYTES = 64 << 20
+
+
 class _ReducedSoftmaxCrossEntropy(torch.autograd.Function):
     """The plain path's ``"mean"``/``"sum"`` loss as one autograd node.
 
     The general path's graph is the per-example Function, a view, ``sum`` and ``div``:
     three more nodes, ~15 us of a 64 x 10 training step. Here the reduction runs inside
     the forward with the same ops, and the backward turns the scalar upstream into the
-    per-row one as DivBackward and SumBackward would (``g / N``, expanded with stride 0),
-    so loss and gradient are the general path's bit for bit. ``y`` is int64 class indices,
-    all in ``[0, C)`` (the kernel checks: anything else raises ``IndexError``).
+    per-row one as DivBackward and SumBackward would (``g / N``, expanded with stride 0).
+    Loss and lse are the general path's bit for bit, and so is the gradient computed in
+    the backward; a gradient computed in the forward (``_EAGER_GRAD_BYTES``) comes from the
+    fused pass's formula (softmax from the exp-sum instead of ``exp(z - lse)``): the same
+    to float rounding, and it is used only for an upstream value of exactly 1 (the common
+    ``loss.backward()``), once (autograd may keep it as ``x.grad`` and add to it in
+    place). ``y`` is int64 class indices, all in ``[0, C)`` or -1 with ``ignored_rows``
+    (the kernel checks: anything else raises ``IndexError``).
     """
 
     @staticmethod
@@ -374,9 +396,14 @@ class _ReducedSoftmaxCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, y, plan, denom, ignored_rows):  # type: ignore[no-untyped-def,override]
         ctx.set_materialize_grads(False)
         xr, inner = _kernel_rows(x, plan, None)  # (x itself unless a copy is needed)
+        grad = g_row = None
+        if x.numel() * x.element_size() <= _EAGER_GRAD_BYTES:
+            t = _NP_FLOATS[plan.cdt]
+            g_row = np.asarray(t(1) if denom is None else t(1) / t(_nonzero_denominator(denom)))
+            grad = torch.empty(x.shape if inner else xr.shape, dtype=x.dtype)
         loss, lse = _kernel_forward(xr, y, None, None, plan, ignored_rows, inner,
-                                    keep_loss=False)
-        ctx.plan, ctx.denom = plan, denom
+                                    keep_loss=False, grad=grad, g_row=g_row)
+        ctx.plan, ctx.denom, ctx.grad = plan, denom, grad
         ctx.save_for_backward(x, y, lse)  # (x itself: a double backward differentiates it)
         return _reduce(loss, denom)
 
@@ -391,6 +418,10 @@ def _reduced_backward(ctx, g):  # type: ignore[no-untyped-def]
     if g is None or not ctx.needs_input_grad[0]:
         return (None,) + none
     x, y, lse = ctx.saved_tensors
+    eager, ctx.grad = ctx.grad, None  # (handed over at most once)
+    if (eager is not None and not torch.is_grad_enabled() and g.dtype == x.dtype
+            and g.device.type == "cpu" and g.item() == 1.0):
+        return (eager.view(x.shape),) + none
     n_rows = y.shape[0]
     denom = None if ctx.denom is None else _nonzero_denominator(ctx.denom)
     if torch.is_grad_enabled() or g.dtype != x.dtype or g.device.type != "cpu":
@@ -536,14 +567,15 @@ def _plain_cross_entropy(
 ) -> Any:
     """The common call in a few Python steps: a CPU ``(N, C)`` float32/float64 tensor (or
     a contiguous ``(N, C, d...)`` one the kernel reads in place: the planar layout),
-    class indices all in ``[0, C)`` and none equal to ``ignore_index``, no class weight,
-    z-loss, soft-capping, ``num_items`` or autocast. Loss, lse and gradient are the general
-    path's bit for bit, without its validation (~30 us a call: the array-API namespace,
-    option checks, a problem object): the kernel itself refuses any label outside
-    ``[0, C)``, and then (as for anything else) this returns None and the general path
-    validates, raises the precise error, or handles ``ignore_index``. A reduced loss that
-    needs a gradient is one autograd node (``_ReducedSoftmaxCrossEntropy``); without a
-    gradient no Function is built at all. No torch op touches the whole batch before the
+    class indices in ``[0, C)`` or equal to an ``ignore_index`` outside it, no class
+    weight, z-loss, soft-capping or autocast, ``num_items`` a number or None. Loss and lse
+    are the general path's bit for bit, and so is the gradient (but for one computed in
+    the forward: see ``_ReducedSoftmaxCrossEntropy``), without its validation (~30 us a
+    call: the array-API namespace, option checks, a problem object): the kernel itself
+    refuses any label outside ``[0, C)``, and then (as for anything else) this returns
+    None and the general path validates, raises the precise error, or handles
+    ``ignore_index``. A reduced loss that needs a gradient is one autograd node
+    (``_ReducedSoftmaxCrossEntropy``); without a gradient no Function is built at all. No torch op touches the whole batch before the
     kernel runs: one would wake PyTorch's OpenMP threads, which then spin for milliseconds
     on the CPUs the kernel's threads need ((8, 21, 256, 256): 8.1 ms instead of 4.2)."""
     if type(input) is not torch.Tensor and type(input) is not torch.nn.Parameter:
@@ -551,8 +583,11 @@ def _plain_cross_entropy(
     if type(target) is not torch.Tensor or weight is not None or softcap is not None:
         return None
     code = _PLAIN_CODES.get(input.dtype)
-    if code is None or num_items is not None or input.ndim < 2 or input.device.type != "cpu":
+    if code is None or input.ndim < 2 or input.device.type != "cpu":
         return None
+    if num_items is not None and (type(num_items) not in (int, float) or reduction == "none"
+                                  or not 0 < num_items < math.inf):
+        return None  # (a tensor, or an error the general path names)
     n_classes = input.shape[1]
     n_rows = input.shape[0] if input.ndim == 2 else target.numel()
     if (target.dtype not in _INDEX_DTYPES or n_rows * n_classes == 0
@@ -576,7 +611,7 @@ def _plain_cross_entropy(
     y = y.view(-1) if y.ndim != 1 else y
     plan = _plain_plan(code, n_classes, eps)
     grad = torch.is_grad_enabled() and input.requires_grad
-    mean = reduction == "mean"
+    mean = reduction == "mean" or num_items is not None  # (num_items divides "sum" too)
     # ignore_index outside [0, C) (-100 padding, 255 in segmentation maps): the kernel
     # refuses such labels; they are then mapped to its "ignored" -1 (NumPy, on the labels'
     # memory: a torch op here would wake PyTorch's threads) and the kernel runs again. A
@@ -596,6 +631,8 @@ def _plain_cross_entropy(
             if mapped is not None:
                 y, denom = mapped
                 ignored_rows = True
+        if num_items is not None:
+            denom = float(num_items)
         try:
             if grad and reduction != "none" and not return_lse:
                 out = _ReducedSoftmaxCrossEntropy.apply(input, y, plan, denom if mean else None,
@@ -621,7 +658,7 @@ def _plain_cross_entropy(
     elif grad:  # the general path's autograd ops: sum, then over the denominator
         out = torch.sum(loss)
         if mean:
-            out = out / _nonzero_denominator(denom)
+            out = out / _nonzero_denominator(denom)  # (num_items: > 0 as it is)
     else:
         out = _reduce(loss, denom if mean else None)
     return (out, lse) if return_lse else out
