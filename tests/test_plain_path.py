@@ -266,3 +266,31 @@ def test_kernel_takes_array_buffers_and_releases_them():
         ck.softmax_ce(*(args[:12] + [read_only] + args[13:]))
     assert not read_only.any()
     assert [sys.getrefcount(a) for a in (x, y, loss)] == refs
+
+
+def test_labels_outside_the_classes_are_remembered_not_trusted(monkeypatch):
+    """int64 labels go to the kernel unscanned, which refuses any outside [0, C); the call
+    then scans them (ignored examples, or the general path's error) and runs again, and
+    the next call scans first. Every call of a sequence that switches between clean,
+    padded and bad labels gives the general path's bits (or its error)."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(300, 12)).astype(np.float32)
+    clean = rng.integers(0, 12, 300)
+    padded = clean.copy()
+    padded[::7] = -100
+    bad = clean.copy()
+    bad[150] = 12
+    out = np.empty_like(x)
+    for y in [clean, padded, padded, clean, clean, bad, clean, padded, bad, padded]:
+        for opts in (dict(reduction="mean", ignore_index=-100), dict(reduction="none", ignore_index=-100)):
+            if y is bad:
+                with pytest.raises(crossent.TargetOutOfRangeError, match=r"target\[150\] = 12"):
+                    crossent.softmax_cross_entropy_value_and_grad(x, y, out=out, **opts)
+                continue
+            got = crossent.softmax_cross_entropy_value_and_grad(x, y, out=out, **opts)
+            assert got[1] is out
+            got = (got[0], out.copy())
+            with monkeypatch.context() as m:
+                _general_only(m)
+                want = crossent.softmax_cross_entropy_value_and_grad(x, y, **opts)
+            _assert_same(got, want)

@@ -1137,10 +1137,8 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                 memcpy(&z, zbuf + c * TILE, sizeof z);
                 VT s = z - vm;
                 VT e = fast ? VEXPNEG(s) : VEXP_ANY(s);
-                memcpy(ebuf + c * TILE, &e, sizeof e);
-                VI is_top = s == zero;
-                vr += SEL(is_top, zero, e);
-                vt += SEL(is_top, one, zero);
+                if (want_grad) memcpy(ebuf + c * TILE, &e, sizeof e); /* (pass 3's) */
+                SPLIT_ADD(s, e, &vr, &vt);
             }
             memcpy(m, &vm, sizeof vm);
             VT vsw = zero, vswz = zero;
@@ -1216,7 +1214,7 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
              exact. TILE / VL vectors per column. */
             enum { NV = TILE / VL };
             VT vm[NV], vr[NV], vt[NV];
-            const VT zero = {0}, one = (VT){0} + 1;
+            const VT zero = {0};
             for (int k = 0; k < NV; k++) {
                 memcpy(&vm[k], m + k * VL, sizeof(VT));
                 vr[k] = vt[k] = zero;
@@ -1227,10 +1225,8 @@ static void TILES(const Problem *pb, Py_ssize_t r0, Py_ssize_t r1,
                     memcpy(&z, zbuf + c * TILE + k * VL, sizeof z);
                     VT s = z - vm[k];
                     VT e = fast ? VEXPNEG(s) : VEXP_ANY(s);
-                    memcpy(ebuf + c * TILE + k * VL, &e, sizeof e);
-                    VI is_top = s == zero;
-                    vr[k] += SEL(is_top, zero, e);
-                    vt[k] += SEL(is_top, one, zero);
+                    if (want_grad) memcpy(ebuf + c * TILE + k * VL, &e, sizeof e);
+                    SPLIT_ADD(s, e, &vr[k], &vt[k]);
                 }
             }
             memcpy(rest, vr, sizeof vr);
