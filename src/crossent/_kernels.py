@@ -473,25 +473,6 @@ def plain_softmax_ce(
     The general path's validation and dispatch cost ~25 us a call (array-API namespace,
     option checks, a problem object): 64 x 10 took 33 us where PyTorch takes 11.
     """
-    return _plain_softmax_ce(logits, target, axis, weight, ignore_index, label_smoothing,
-                             z_loss, softcap, reduction, with_grad, grad_output, out, want_lse)
-
-
-def _plain_softmax_ce(
-    logits: Any,
-    target: Any,
-    axis: Any,
-    weight: Any,
-    ignore_index: Any,
-    label_smoothing: Any,
-    z_loss: Any,
-    softcap: Any,
-    reduction: Any,
-    with_grad: bool,
-    grad_output: Any,
-    out: Any,
-    want_lse: bool,
-):
     if type(logits) is not np.ndarray or type(target) is not np.ndarray:
         return None
     if softcap is not None or grad_output is not None:
@@ -589,8 +570,8 @@ def _plain_softmax_ce(
         if not optimistic:
             raise
         _plain_saw_outside = True  # (scanned below; out= and loss are overwritten)
-        return _plain_softmax_ce(logits, target, axis, weight, ignore_index, label_smoothing,
-                                 z_loss, softcap, reduction, with_grad, grad_output, out, want_lse)
+        return plain_softmax_ce(logits, target, axis, weight, ignore_index, label_smoothing,
+                                z_loss, softcap, reduction, with_grad, grad_output, out, want_lse)
     if not optimistic and ignored is None:
         _plain_saw_outside = False
     _last_path = _PLAIN_PATHS[code]
