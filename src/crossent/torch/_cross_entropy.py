@@ -370,8 +370,9 @@ def _reduce(loss: torch.Tensor, denom: float | None) -> torch.Tensor:
 # one read of the logits and one kernel call instead of two of each. The gradient is then
 # held from forward to backward, as PyTorch holds its (N, C) log-softmax, where the lean
 # design holds the per-row lse only; larger logits (vocabulary-sized) keep the lean design
-# and the backward recomputes from the lse. Measured, float32, 2 threads, forward +
-# backward: 64 x 10 ~83 -> ~75 us; (8, 21, 256, 256) 24 -> 19 ms.
+# and the backward recomputes from the lse. Measured (A/B, float32, 2 threads, forward +
+# backward): 64 x 10 -6 %, 4096 x 64 -22 %, (8, 21, 64, 64) -35 %, (8, 21, 256, 256)
+# 23 -> 18 ms.
 _EAGER_GRAD_BYTES = 64 << 20
 
 
