@@ -294,3 +294,38 @@ def test_labels_outside_the_classes_are_remembered_not_trusted(monkeypatch):
                 _general_only(m)
                 want = crossent.softmax_cross_entropy_value_and_grad(x, y, **opts)
             _assert_same(got, want)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape, axis", [((2, 7, 5, 6), 1), ((3, 9, 40), 1), ((6, 4, 3), 0),
+                                         ((2, 130, 9), -2)])
+@pytest.mark.parametrize("opts", [dict(), dict(reduction="mean", label_smoothing=0.2),
+                                  dict(ignore_index=-100, reduction="mean"),
+                                  dict(weight="w", reduction="sum")])
+def test_plain_path_reads_the_planar_layout_with_the_general_paths_bits(monkeypatch, dtype, shape,
+                                                                        axis, opts):
+    """C-contiguous logits with the class axis not last take the plain path too (the
+    kernel reads them in place): values, lse and gradient are the general path's."""
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.normal(size=shape) * 3).astype(dtype)
+    x.reshape(-1)[3] = np.nan
+    c = shape[axis]
+    ex_shape = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+    y = rng.integers(0, c, ex_shape)
+    if "ignore_index" in opts:
+        y.reshape(-1)[::5] = -100
+    if opts.get("weight") == "w":
+        opts = dict(opts, weight=(rng.random(c) + 0.1).astype(dtype))
+    opts = dict(opts, axis=axis)
+    taken = []
+    real = _kernels.plain_softmax_ce
+    with monkeypatch.context() as m:
+        m.setattr(_kernels, "plain_softmax_ce", lambda *a: taken.append(real(*a)) or taken[-1])
+        plain = _calls(x, y, opts)
+    assert taken and all(r is not None for r in taken)
+    with monkeypatch.context() as m:
+        _general_only(m)
+        general = _calls(x, y, opts)
+    for key in plain:
+        _assert_same(plain[key], general[key])
+    assert plain["vag"][1].shape == x.shape

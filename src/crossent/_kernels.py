@@ -465,7 +465,8 @@ def plain_softmax_ce(
     want_lse: bool,
 ):
     """The common NumPy call, in a few Python steps: float32/float64 logits with the class
-    axis last, class-index labels in ``[0, C)`` or equal to ``ignore_index``, float class
+    axis last (or C-contiguous ones the kernel reads in place: the planar layout),
+    class-index labels in ``[0, C)`` or equal to ``ignore_index``, float class
     weights or none, no z-loss, soft-capping or ``grad_output``. Returns what
     :func:`softmax_ce` returns for it, bit for bit, or None for anything else (the general
     path then validates, raises the precise error for bad input, and runs).
@@ -479,13 +480,19 @@ def plain_softmax_ce(
         return None
     code = _PLAIN_CODES.get(logits.dtype)
     ndim = logits.ndim
-    if code is None or ndim == 0 or type(axis) is not int or (axis != -1 and axis != ndim - 1):
+    if code is None or ndim == 0 or type(axis) is not int or not -ndim <= axis < ndim:
         return None
+    inner = 0  # the class axis not last: C-contiguous logits read in place (planar layout)
+    if axis % ndim != ndim - 1:
+        inner = planar_inner(logits.shape, axis, logits.flags.c_contiguous)
+        if not inner:
+            return None
     eps = plain_options(reduction, label_smoothing, z_loss)
     if eps is None:
         return None
-    shape = logits.shape[:-1]
-    n_classes = logits.shape[-1]
+    axis %= ndim
+    shape = logits.shape[:axis] + logits.shape[axis + 1:]
+    n_classes = logits.shape[axis]
     if target.shape != shape or target.dtype.kind not in "iu" or n_classes == 0:
         return None
     n_rows = logits.size // n_classes
@@ -539,10 +546,10 @@ def plain_softmax_ce(
         if (type(out) is not np.ndarray or out.shape != logits.shape or out.dtype != logits.dtype
                 or not out.flags.writeable or not out.flags.c_contiguous):
             return None
-        grad = out.reshape(n_rows, n_classes)
+        grad = out if inner else out.reshape(n_rows, n_classes)
     if y.dtype != _INT64 or not y.flags.c_contiguous:
         y = np.ascontiguousarray(y, dtype=_INT64)
-    rows = _rows(logits, -1)
+    rows = logits if inner else _rows(logits, -1)
     loss = _loss_buffer(n_rows, dtype, keep=reduction == "none")
     lse = np.empty(n_rows, dtype=dtype) if want_lse else None
     g = None
@@ -554,7 +561,7 @@ def plain_softmax_ce(
                 g = divide_by_denominator(np, g, denom)
         g = np.asarray(g, dtype=dtype).reshape(1)
         if grad is None:
-            grad = np.empty((n_rows, n_classes), dtype=logits.dtype)
+            grad = np.empty(logits.shape if inner else (n_rows, n_classes), dtype=logits.dtype)
     global _last_wide, _last_path
     # launch()'s arguments, positionally, the arrays themselves (the kernel takes their
     # buffers: `.ctypes.data` cost ~1 us an array)
@@ -564,7 +571,7 @@ def plain_softmax_ce(
             float(eps), 0.0, 0.0,
             float(n_classes) if w is None else float(np.sum(w, dtype=np.float64)),
             loss, lse, g, grad, n_classes,
-            _threads(n_rows * n_classes), None, _WIDE_MIN_CLASSES, 0, not optimistic,
+            _threads(n_rows * n_classes), None, _WIDE_MIN_CLASSES, 0, not optimistic, inner,
         )
     except IndexError:
         if not optimistic:
