@@ -514,9 +514,12 @@ def plain_softmax_ce(
     # Optimistic: int64 labels go to the kernel as they are, which refuses (IndexError)
     # any outside [0, C) - then the labels are scanned as below and the call runs again
     # (the next call scans first). Two reductions over the labels cost ~5 % at 1M x 10.
+    # Not when out= may be the logits: the refused call has written part of the gradient
+    # over them, and the second would read that.
     optimistic = (w is None and y.dtype == _INT64 and y.flags.c_contiguous
                   and not _plain_saw_outside
-                  and (ignore_index is None or not 0 <= ignore_index < n_classes))
+                  and (ignore_index is None or not 0 <= ignore_index < n_classes)
+                  and (out is None or not np.may_share_memory(out, logits)))
     lo, hi = (0, 0) if optimistic else (int(np.minimum.reduce(y)), int(np.maximum.reduce(y)))
     if ignore_index is not None and lo <= ignore_index <= hi:
         # ignored examples (padding): the kernel takes -1 for them; the mean divides by the
